@@ -1,0 +1,241 @@
+"""The store contract (DESIGN §3): one abstract interface, every backend.
+
+One history write is :meth:`HistoryStore.write` with a list of
+:class:`ExecutionWrite`: events + mutable state (compare-and-swap on
+``db_version``) + transfer and timer tasks + visibility, all in **one
+transaction**, and fenced by the shard's ``range_id`` so that an owner that
+lost its shard can never write.
+
+Choose a backend by URL with :func:`open_store`::
+
+    store = await open_store("sqlite:///tmp/sagas.db")
+    ...
+    await store.aclose()
+"""
+
+from __future__ import annotations
+
+import abc
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestrator.api.events import HistoryEvent
+from orchestrator.api.tasks import TimerTask, TransferTask
+from orchestrator.history.state import ExecutionState
+
+
+class StoreError(Exception):
+    """Base of store errors."""
+
+
+class ConditionFailedError(StoreError):
+    """A compare-and-swap failed: someone else wrote this execution first. Reload and retry."""
+
+
+class CurrentRunConflictError(StoreError):
+    """The current-run pointer of a workflow id is not what the writer expected."""
+
+    def __init__(self, message: str, current_run_id: str | None) -> None:
+        super().__init__(message)
+        self.current_run_id = current_run_id
+
+
+class ShardOwnershipLostError(StoreError):
+    """The shard's ``range_id`` moved on: this process no longer owns the shard."""
+
+
+class UnsupportedEventVersionError(StoreError):
+    """A stored event was written by a newer version of the server."""
+
+
+class StoreUnavailableError(StoreError):
+    """A transient infrastructure error (retried by the ``_retrying`` wrapper)."""
+
+
+class AmbiguousWriteError(StoreError):
+    """The write may or may not have committed (e.g. a timeout). Reload and compare."""
+
+
+def shard_for(namespace: str, workflow_id: str, num_shards: int) -> int:
+    """``hash(namespace, workflow_id) % num_shards`` with a stable hash (crc32)."""
+    return zlib.crc32(f"{namespace}/{workflow_id}".encode()) % num_shards
+
+
+@dataclass
+class CurrentRun:
+    """The pointer from a workflow id to its latest run."""
+
+    run_id: str
+    status: str
+    start_request_id: str = ""
+
+
+@dataclass
+class VisibilityRecord:
+    """One row of the list API: a run's summary."""
+
+    namespace: str
+    workflow_id: str
+    run_id: str
+    workflow_type: str
+    task_queue: str
+    status: str
+    start_time: float
+    execution_time: float
+    close_time: float | None = None
+    history_length: int = 0
+    search_attributes: dict[str, Any] = field(default_factory=dict)
+    memo: dict[str, Any] = field(default_factory=dict)
+    parent_workflow_id: str | None = None
+
+
+@dataclass
+class NamespaceRecord:
+    name: str
+    retention_days: float = 3.0
+    description: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ExecutionWrite:
+    """One execution's part of an atomic write.
+
+    ``expected_version`` is the ``db_version`` the writer read (None to create
+    the execution). ``state.db_version`` must be ``expected_version + 1``
+    (or 1 on create). ``set_current`` moves the workflow id's current-run
+    pointer to this run, expecting it to be ``expected_current_run_id``
+    (None: no run yet).
+    """
+
+    state: ExecutionState
+    expected_version: int | None
+    events: list[HistoryEvent] = field(default_factory=list)
+    transfer_tasks: list[TransferTask] = field(default_factory=list)
+    timer_tasks: list[TimerTask] = field(default_factory=list)
+    visibility: VisibilityRecord | None = None
+    set_current: bool = False
+    expected_current_run_id: str | None = None
+
+
+@dataclass
+class VisibilityPage:
+    records: list[VisibilityRecord]
+    next_page_token: str | None = None
+
+
+class HistoryStore(abc.ABC):
+    """Abstract history store. Every method may raise :class:`StoreError`."""
+
+    url: str = ""
+
+    async def __aenter__(self) -> HistoryStore:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    @abc.abstractmethod
+    async def aclose(self) -> None: ...
+
+    # shards -----------------------------------------------------------------
+    @abc.abstractmethod
+    async def acquire_shard(self, shard_id: int, owner: str) -> int:
+        """Take ownership of a shard: increments and returns its ``range_id``."""
+
+    # executions -------------------------------------------------------------
+    @abc.abstractmethod
+    async def write(self, shard_id: int, range_id: int, writes: list[ExecutionWrite]) -> None:
+        """Apply all ``writes`` in one transaction, or none of them.
+
+        Raises :class:`ConditionFailedError` (version CAS),
+        :class:`CurrentRunConflictError` (current pointer CAS),
+        :class:`ShardOwnershipLostError` (fencing).
+        """
+
+    @abc.abstractmethod
+    async def get_execution(self, namespace: str, workflow_id: str, run_id: str) -> ExecutionState | None: ...
+
+    @abc.abstractmethod
+    async def get_current_run(self, namespace: str, workflow_id: str) -> CurrentRun | None: ...
+
+    @abc.abstractmethod
+    async def read_events(
+        self,
+        namespace: str,
+        workflow_id: str,
+        run_id: str,
+        first_event_id: int = 1,
+        max_events: int | None = None,
+    ) -> list[HistoryEvent]:
+        """Events with ``event_id >= first_event_id`` in order (at most ``max_events``).
+
+        Raises :class:`UnsupportedEventVersionError` for an event of a newer format.
+        """
+
+    @abc.abstractmethod
+    async def delete_execution(self, namespace: str, workflow_id: str, run_id: str) -> None:
+        """Remove a closed run, its events and visibility row (retention)."""
+
+    # outbox -----------------------------------------------------------------
+    @abc.abstractmethod
+    async def get_transfer_tasks(self, shard_id: int, limit: int = 100) -> list[TransferTask]:
+        """Oldest transfer tasks of a shard first."""
+
+    @abc.abstractmethod
+    async def delete_transfer_tasks(self, shard_id: int, task_ids: list[str]) -> None: ...
+
+    @abc.abstractmethod
+    async def get_timer_tasks(self, shard_id: int, fire_before: float, limit: int = 100) -> list[TimerTask]:
+        """Timer tasks with ``fire_time <= fire_before``, earliest first."""
+
+    @abc.abstractmethod
+    async def next_timer_time(self, shard_id: int) -> float | None:
+        """Fire time of the earliest timer task of the shard, if any."""
+
+    @abc.abstractmethod
+    async def delete_timer_tasks(self, shard_id: int, task_ids: list[str]) -> None: ...
+
+    # visibility -------------------------------------------------------------
+    @abc.abstractmethod
+    async def list_visibility(
+        self,
+        namespace: str,
+        *,
+        filters: dict[str, Any] | None = None,
+        page_size: int = 100,
+        next_page_token: str | None = None,
+    ) -> VisibilityPage:
+        """Runs newest first. ``filters`` keys: ``workflow_type``, ``status``,
+        ``workflow_id``, ``task_queue``, ``start_time_after``, ``start_time_before``."""
+
+    @abc.abstractmethod
+    async def count_visibility(self, namespace: str, *, filters: dict[str, Any] | None = None) -> int: ...
+
+    # namespaces -------------------------------------------------------------
+    @abc.abstractmethod
+    async def upsert_namespace(self, record: NamespaceRecord) -> None: ...
+
+    @abc.abstractmethod
+    async def get_namespace(self, name: str) -> NamespaceRecord | None: ...
+
+    @abc.abstractmethod
+    async def list_namespaces(self) -> list[NamespaceRecord]: ...
+
+
+async def open_store(url: str) -> HistoryStore:
+    """Open a store by URL: ``memory://``, ``sqlite:///path/file.db``, ``mongodb://...``."""
+    if url.startswith("memory://"):
+        from orchestrator.persistence.memory import MemoryHistoryStore
+
+        return MemoryHistoryStore()
+    if url.startswith("sqlite://"):
+        from orchestrator.persistence.sqlite import SqliteHistoryStore
+
+        # SQLAlchemy's convention: sqlite:///relative.db, sqlite:////absolute/path.db
+        path = url[len("sqlite:///") :] if url.startswith("sqlite:///") else url[len("sqlite://") :]
+        store = SqliteHistoryStore(path or ":memory:")
+        await store.open()
+        return store
+    raise StoreError(f"unknown store URL {url!r}; use memory://, sqlite:///path/to/file.db or mongodb://...")

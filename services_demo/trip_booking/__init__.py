@@ -1,0 +1,1 @@
+"""services_demo.trip_booking."""
