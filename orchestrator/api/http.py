@@ -1,0 +1,251 @@
+"""Request and response bodies of the frontend's HTTP/JSON API (port 7233).
+
+Shared by the server (FastAPI) and the SDK client so that both sides agree.
+All paths are under ``/api/v1``; ``{ns}`` is a namespace name.
+
+| method | path | body -> response |
+|---|---|---|
+| GET  | /cluster | -> :class:`ClusterInfo` |
+| POST | /namespaces/{ns}/workflows | :class:`StartWorkflowRequest` -> :class:`StartWorkflowResponse` |
+| GET  | /namespaces/{ns}/workflows?query=&page_size=&next_page_token= | -> :class:`ListWorkflowsResponse` |
+| GET  | /namespaces/{ns}/workflow-count?query= | -> :class:`CountWorkflowsResponse` |
+| GET  | /namespaces/{ns}/workflows/{wid}?run_id= | -> :class:`DescribeWorkflowResponse` |
+| GET  | /namespaces/{ns}/workflows/{wid}/history?run_id=&first_event_id=&page_size= | -> :class:`HistoryResponse` |
+| GET  | /namespaces/{ns}/workflows/{wid}/result?run_id=&wait= | -> :class:`WorkflowResultResponse` (long poll) |
+| POST | /namespaces/{ns}/workflows/{wid}/signal | :class:`SignalRequest` -> :class:`Ack` |
+| POST | /namespaces/{ns}/workflows/{wid}/query | :class:`QueryWorkflowRequest` -> :class:`QueryWorkflowResponse` |
+| POST | /namespaces/{ns}/workflows/{wid}/update | :class:`UpdateWorkflowRequest` -> :class:`UpdateWorkflowResponse` |
+| POST | /namespaces/{ns}/workflows/{wid}/cancel | :class:`CancelRequest` -> :class:`Ack` |
+| POST | /namespaces/{ns}/workflows/{wid}/terminate | :class:`TerminateRequest` -> :class:`Ack` |
+| POST | /tasks/complete | any ``brokers.envelope.Reply`` -> :class:`Ack` |
+| POST | /queues/{queue}/receive | :class:`ReceiveRequest` -> :class:`ReceiveResponse` (built-in broker, long poll) |
+| POST | /queues/{queue}/ack | :class:`SettleRequest` -> :class:`Ack` |
+| POST | /queues/{queue}/nack | :class:`SettleRequest` -> :class:`Ack` |
+| POST | /queues/{queue}/publish | :class:`PublishRequest` -> :class:`PublishResponse` |
+| GET  | /dlq?limit= | -> :class:`DeadLettersResponse` |
+
+Errors are JSON :class:`ErrorBody` with a stable ``code`` (see
+``orchestrator.errors``) and the HTTP status that fits it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from orchestrator.api.common import Failure, Payloads, RetryPolicySpec
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    hint: str = ""
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class Ack(BaseModel):
+    ok: bool = True
+    cancel_requested: bool = False
+    """Set on a heartbeat's answer when the workflow asked to cancel the activity."""
+
+
+class ClusterInfo(BaseModel):
+    server_version: str
+    worker_broker_url: str
+    """The broker URL workers should use (``local://host:port`` for the built-in one)."""
+    queue_prefix: str = "sagas"
+    max_payload_bytes: int = 2 * 1024 * 1024
+    namespaces: list[str] = Field(default_factory=list)
+
+
+class SignalWithStart(BaseModel):
+    name: str
+    input: Payloads = Field(default_factory=list)
+
+
+class StartWorkflowRequest(BaseModel):
+    workflow_id: str
+    workflow_type: str
+    task_queue: str
+    input: Payloads = Field(default_factory=list)
+    id_reuse_policy: str = "AllowDuplicate"
+    request_id: str = ""
+    execution_timeout: float | None = None
+    run_timeout: float | None = None
+    task_timeout: float | None = None
+    retry_policy: RetryPolicySpec | None = None
+    cron_schedule: str | None = None
+    memo: dict[str, Any] = Field(default_factory=dict)
+    search_attributes: dict[str, Any] = Field(default_factory=dict)
+    start_delay: float | None = None
+    signal: SignalWithStart | None = None
+    """Signal-with-start: deliver this signal, starting the workflow if it is not running."""
+    identity: str = ""
+
+
+class StartWorkflowResponse(BaseModel):
+    run_id: str
+    started: bool = True
+    """False when an existing run was reused (same request id, or signal-with-start)."""
+
+
+class PendingActivity(BaseModel):
+    activity_id: str
+    activity_type: str
+    scheduled_event_id: int
+    attempt: int
+    state: str
+    last_failure: Failure | None = None
+    heartbeat_details: Payloads = Field(default_factory=list)
+    last_heartbeat_time: float | None = None
+    scheduled_time: float
+
+
+class PendingTimer(BaseModel):
+    timer_id: str
+    started_event_id: int
+    fire_time: float
+
+
+class WorkflowExecutionInfo(BaseModel):
+    namespace: str
+    workflow_id: str
+    run_id: str
+    workflow_type: str
+    task_queue: str
+    status: str
+    start_time: float
+    close_time: float | None = None
+    execution_time: float
+    history_length: int = 0
+    search_attributes: dict[str, Any] = Field(default_factory=dict)
+    memo: dict[str, Any] = Field(default_factory=dict)
+    parent_workflow_id: str | None = None
+
+
+class DescribeWorkflowResponse(BaseModel):
+    info: WorkflowExecutionInfo
+    pending_activities: list[PendingActivity] = Field(default_factory=list)
+    pending_timers: list[PendingTimer] = Field(default_factory=list)
+    pending_children: list[dict[str, Any]] = Field(default_factory=list)
+    input: Payloads = Field(default_factory=list)
+    result: Any = None
+    failure: Failure | None = None
+
+
+class HistoryResponse(BaseModel):
+    events: list[dict[str, Any]]
+    next_page_token: str | None = None
+
+
+class WorkflowResultResponse(BaseModel):
+    status: str
+    """Running (the wait ran out), Completed, Failed, Canceled, Terminated, TimedOut, ContinuedAsNew."""
+    run_id: str
+    result: Any = None
+    failure: Failure | None = None
+    new_run_id: str | None = None
+
+
+class SignalRequest(BaseModel):
+    name: str
+    input: Payloads = Field(default_factory=list)
+    run_id: str = ""
+    request_id: str = ""
+    identity: str = ""
+
+
+class QueryWorkflowRequest(BaseModel):
+    name: str
+    input: Payloads = Field(default_factory=list)
+    run_id: str = ""
+    timeout: float = 10.0
+
+
+class QueryWorkflowResponse(BaseModel):
+    result: Any = None
+
+
+class UpdateWorkflowRequest(BaseModel):
+    name: str
+    input: Payloads = Field(default_factory=list)
+    update_id: str = ""
+    run_id: str = ""
+    wait_for_stage: str = "Completed"
+    """``Accepted`` returns once the workflow accepted the update; ``Completed`` waits for the result."""
+    timeout: float = 30.0
+
+
+class UpdateWorkflowResponse(BaseModel):
+    update_id: str
+    stage: str
+    result: Any = None
+    failure: Failure | None = None
+
+
+class CancelRequest(BaseModel):
+    run_id: str = ""
+    reason: str = ""
+    request_id: str = ""
+    identity: str = ""
+
+
+class TerminateRequest(BaseModel):
+    run_id: str = ""
+    reason: str = ""
+    details: Payloads = Field(default_factory=list)
+    identity: str = ""
+
+
+class ListWorkflowsResponse(BaseModel):
+    executions: list[WorkflowExecutionInfo]
+    next_page_token: str | None = None
+
+
+class CountWorkflowsResponse(BaseModel):
+    count: int
+
+
+class ReceiveRequest(BaseModel):
+    max_messages: int = 1
+    wait: float = 20.0
+
+
+class WireDelivery(BaseModel):
+    message_id: str
+    body: str
+    headers: dict[str, str] = Field(default_factory=dict)
+    delivery_count: int = 1
+    receipt: str
+
+
+class ReceiveResponse(BaseModel):
+    deliveries: list[WireDelivery] = Field(default_factory=list)
+
+
+class SettleRequest(BaseModel):
+    receipt: str
+    requeue: bool = True
+    reason: str = ""
+
+
+class PublishRequest(BaseModel):
+    body: str
+    headers: dict[str, str] = Field(default_factory=dict)
+
+
+class PublishResponse(BaseModel):
+    message_id: str
+
+
+class DeadLetterItem(BaseModel):
+    queue: str
+    body: str
+    reason: str
+    headers: dict[str, str] = Field(default_factory=dict)
+    message_id: str = ""
+
+
+class DeadLettersResponse(BaseModel):
+    dead_letters: list[DeadLetterItem] = Field(default_factory=list)

@@ -1,0 +1,133 @@
+"""Errors the orchestrator returns to callers, each with a stable code.
+
+Every error a user can meet says what happened, why, and what to do. The
+frontend turns an :class:`OrchestratorError` into JSON
+``{"code", "message", "hint"}`` with :attr:`OrchestratorError.http_status`.
+
+Codes (stable; documented in docs/errors.md):
+
+=========================== ====== ==========================================
+code                        status meaning
+=========================== ====== ==========================================
+invalid_argument            400    a field is missing or has a wrong value
+malformed_json              400    the request body is not JSON
+payload_too_large           413    a payload is over the namespace's limit
+workflow_not_found          404    no run with that workflow id / run id
+namespace_not_found         404    no such namespace
+workflow_already_started    409    a run with that workflow id is running
+workflow_not_running        409    the run is closed (signal, cancel, ...)
+stale_task                  409    the task was already completed or timed out
+invalid_task_token          400    the task token is forged or malformed
+query_failed                400    the query handler raised
+query_timeout               504    no worker answered the query in time
+update_rejected             400    the update validator rejected it
+unsupported_event_version   500    stored history written by a newer server
+unavailable                 503    the store or broker is unreachable
+rate_limited                429    too many requests for this namespace
+internal                    500    a bug: please report it
+=========================== ====== ==========================================
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class OrchestratorError(Exception):
+    """Base of errors returned to API callers."""
+
+    code = "internal"
+    http_status = 500
+    default_hint = ""
+
+    def __init__(self, message: str, *, hint: str = "", details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint or self.default_hint
+        self.details = details or {}
+
+
+class InvalidArgumentError(OrchestratorError):
+    code, http_status = "invalid_argument", 400
+
+
+class PayloadTooLargeError(OrchestratorError):
+    code, http_status = "payload_too_large", 413
+    default_hint = "Keep large data outside the workflow (e.g. in object storage) and pass a reference."
+
+
+class WorkflowNotFoundError(OrchestratorError):
+    code, http_status = "workflow_not_found", 404
+    default_hint = "Check the workflow id, run id and namespace (`sagas workflow list`)."
+
+
+class NamespaceNotFoundError(OrchestratorError):
+    code, http_status = "namespace_not_found", 404
+    default_hint = "Register the namespace first, or use 'default'."
+
+
+class WorkflowAlreadyStartedError(OrchestratorError):
+    code, http_status = "workflow_already_started", 409
+    default_hint = "Use another workflow id, or a different id reuse policy."
+
+
+class WorkflowNotRunningError(OrchestratorError):
+    code, http_status = "workflow_not_running", 409
+
+
+class StaleTaskError(OrchestratorError):
+    code, http_status = "stale_task", 409
+    default_hint = "Nothing to do: the task was already completed, retried or timed out."
+
+
+class InvalidTaskTokenError(OrchestratorError):
+    code, http_status = "invalid_task_token", 400
+
+
+class QueryFailedError(OrchestratorError):
+    code, http_status = "query_failed", 400
+
+
+class QueryTimeoutError(OrchestratorError):
+    code, http_status = "query_timeout", 504
+    default_hint = "Is a worker polling this workflow's task queue?"
+
+
+class UpdateRejectedError(OrchestratorError):
+    code, http_status = "update_rejected", 400
+
+
+class UnsupportedEventVersionError(OrchestratorError):
+    code, http_status = "unsupported_event_version", 500
+    default_hint = "This history was written by a newer server version; upgrade this server."
+
+
+class UnavailableError(OrchestratorError):
+    code, http_status = "unavailable", 503
+    default_hint = "Retry later; check the store and broker are up."
+
+
+class RateLimitedError(OrchestratorError):
+    code, http_status = "rate_limited", 429
+
+
+ERRORS_BY_CODE: dict[str, type[OrchestratorError]] = {
+    cls.code: cls
+    for cls in (
+        OrchestratorError,
+        InvalidArgumentError,
+        PayloadTooLargeError,
+        WorkflowNotFoundError,
+        NamespaceNotFoundError,
+        WorkflowAlreadyStartedError,
+        WorkflowNotRunningError,
+        StaleTaskError,
+        InvalidTaskTokenError,
+        QueryFailedError,
+        QueryTimeoutError,
+        UpdateRejectedError,
+        UnsupportedEventVersionError,
+        UnavailableError,
+        RateLimitedError,
+    )
+}
