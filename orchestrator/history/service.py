@@ -1,0 +1,317 @@
+"""The history service: loads executions, runs the engine, writes the result atomically.
+
+It keeps a cache of mutable states (one lock per execution, so writes to one
+run are serialised in this process while different runs proceed in
+parallel), hands the transfer and timer tasks of each commit to matching and
+the timer queue in memory (the outbox rows are the safety net), and wakes
+whoever waits on a run (result long-polls, updates).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from orchestrator.api.tasks import TimerTask, TransferTask
+from orchestrator.errors import (
+    NamespaceNotFoundError,
+    OrchestratorError,
+    UnavailableError,
+    WorkflowAlreadyStartedError,
+    WorkflowNotFoundError,
+)
+from orchestrator.errors import UnsupportedEventVersionError as ApiUnsupportedEventVersion
+from orchestrator.history.engine import HistoryEngine, Mutation, StartRequest, check_id_reuse
+from orchestrator.history.state import ExecutionState
+from orchestrator.persistence.base import (
+    ConditionFailedError,
+    CurrentRunConflictError,
+    ExecutionWrite,
+    HistoryStore,
+    StoreError,
+    UnsupportedEventVersionError,
+    shard_for,
+)
+
+log = logging.getLogger("sagas.history")
+
+Key = tuple[str, str, str]
+
+
+class Clock(Protocol):
+    def now(self) -> float: ...
+
+
+class SystemClock:
+    """Wall-clock time; ``offset`` lets the time-skipping test server jump ahead."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def now(self) -> float:
+        return time.time() + self.offset
+
+
+class TaskSink(Protocol):
+    def submit_transfer(self, tasks: list[TransferTask]) -> None: ...
+
+
+class TimerSink(Protocol):
+    def submit_timers(self, tasks: list[TimerTask]) -> None: ...
+
+
+class _Entry:
+    __slots__ = ("lock", "state", "changed")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.state: ExecutionState | None = None
+        self.changed = asyncio.Condition()
+
+
+class HistoryService:
+    """Owns the history shards of this process and applies engine calls to them."""
+
+    MAX_CAS_RETRIES = 5
+
+    def __init__(
+        self,
+        store: HistoryStore,
+        *,
+        engine: HistoryEngine | None = None,
+        clock: Clock | None = None,
+        num_shards: int = 4,
+        owner: str = "dev",
+        cache_size: int = 10_000,
+    ) -> None:
+        self.store = store
+        self.num_shards = num_shards
+        self.engine = engine or HistoryEngine(shard_of=self.shard_of)
+        self.clock: Clock = clock or SystemClock()
+        self.owner = owner
+        self.range_ids: dict[int, int] = {}
+        self._cache: OrderedDict[Key, _Entry] = OrderedDict()
+        self._cache_size = cache_size
+        self.transfer_sink: TaskSink | None = None
+        self.timer_sink: TimerSink | None = None
+        self.known_namespaces: set[str] = {"default"}
+
+    def shard_of(self, namespace: str, workflow_id: str) -> int:
+        return shard_for(namespace, workflow_id, self.num_shards)
+
+    async def acquire_shards(self) -> None:
+        for shard in range(self.num_shards):
+            self.range_ids[shard] = await self.store.acquire_shard(shard, self.owner)
+
+    # cache ------------------------------------------------------------------------------
+    def _entry(self, key: Key) -> _Entry:
+        entry = self._cache.get(key)
+        if entry is None:
+            entry = self._cache[key] = _Entry()
+            if len(self._cache) > self._cache_size:
+                for old_key, old in list(self._cache.items())[: len(self._cache) - self._cache_size]:
+                    if not old.lock.locked():
+                        del self._cache[old_key]
+        else:
+            self._cache.move_to_end(key)
+        return entry
+
+    async def _load(self, entry: _Entry, key: Key) -> ExecutionState:
+        if entry.state is None:
+            state = await self._store_call(self.store.get_execution(*key))
+            if state is None:
+                raise WorkflowNotFoundError(f"workflow {key[1]!r} run {key[2]!r} not found in namespace {key[0]!r}")
+            now = self.clock.now()
+            for info in state.activities.values():
+                # Cache-only start reports were lost with the previous process:
+                # assume the attempt started now (a safe bound for its deadline).
+                if info.dispatch_time is not None and info.started_time is None:
+                    info.started_time = max(now, info.dispatch_time)
+            entry.state = state
+        return entry.state
+
+    async def _store_call(self, awaitable: Awaitable[Any]) -> Any:
+        try:
+            return await awaitable
+        except UnsupportedEventVersionError as exc:
+            raise ApiUnsupportedEventVersion(str(exc)) from exc
+        except (ConditionFailedError, CurrentRunConflictError):
+            raise
+        except StoreError as exc:
+            raise UnavailableError(f"history store error: {exc}") from exc
+
+    async def resolve_run_id(self, namespace: str, workflow_id: str, run_id: str = "") -> str:
+        if run_id:
+            return run_id
+        current = await self._store_call(self.store.get_current_run(namespace, workflow_id))
+        if current is None:
+            raise WorkflowNotFoundError(f"workflow {workflow_id!r} not found in namespace {namespace!r}")
+        return str(current.run_id)
+
+    async def get_state(self, namespace: str, workflow_id: str, run_id: str = "") -> ExecutionState:
+        run_id = await self.resolve_run_id(namespace, workflow_id, run_id)
+        key = (namespace, workflow_id, run_id)
+        entry = self._entry(key)
+        async with entry.lock:
+            return await self._load(entry, key)
+
+    # writes -----------------------------------------------------------------------------
+    async def update(
+        self,
+        namespace: str,
+        workflow_id: str,
+        run_id: str,
+        op: Callable[[ExecutionState, float], Mutation],
+    ) -> Mutation:
+        """Run ``op(state, now)`` on the run and commit its mutation (CAS, retried on conflict)."""
+        run_id = await self.resolve_run_id(namespace, workflow_id, run_id)
+        key = (namespace, workflow_id, run_id)
+        entry = self._entry(key)
+        for _ in range(self.MAX_CAS_RETRIES):
+            async with entry.lock:
+                state = await self._load(entry, key)
+                mutation = op(state, self.clock.now())
+                if mutation.noop:
+                    return mutation
+                if mutation.cache_only:
+                    entry.state = mutation.state
+                    return mutation
+                try:
+                    await self._commit(mutation)
+                except ConditionFailedError:
+                    entry.state = None  # someone else wrote: reload and run again
+                    continue
+                except BaseException:
+                    entry.state = None  # unknown outcome: never trust the cache after it
+                    raise
+                entry.state = mutation.state
+            await self._after_commit(mutation, entry)
+            return mutation
+        raise UnavailableError(f"workflow {workflow_id!r} is being written concurrently; retry")
+
+    async def _commit(self, mutation: Mutation) -> None:
+        writes = [self._write_of(mutation)]
+        if mutation.follow_up is not None:
+            writes.append(self._write_of(mutation.follow_up))
+        shard = self.shard_of(mutation.state.namespace, mutation.state.workflow_id)
+        await self._store_call(self.store.write(shard, self.range_ids.get(shard, 0), writes))
+
+    @staticmethod
+    def _write_of(m: Mutation) -> ExecutionWrite:
+        return ExecutionWrite(
+            state=m.state,
+            expected_version=m.expected_version,
+            events=m.events,
+            transfer_tasks=m.transfer_tasks,
+            timer_tasks=m.timer_tasks,
+            visibility=m.visibility,
+            set_current=m.set_current,
+            expected_current_run_id=m.expected_current_run_id,
+        )
+
+    async def _after_commit(self, mutation: Mutation, entry: _Entry | None) -> None:
+        follow_up = mutation.follow_up
+        if follow_up is not None:
+            self._entry((follow_up.state.namespace, follow_up.state.workflow_id, follow_up.state.run_id)).state = (
+                follow_up.state
+            )
+        for m in (mutation, follow_up):
+            if m is None:
+                continue
+            if self.transfer_sink and m.transfer_tasks:
+                self.transfer_sink.submit_transfer(m.transfer_tasks)
+            if self.timer_sink and m.timer_tasks:
+                self.timer_sink.submit_timers(m.timer_tasks)
+        if entry is not None:
+            async with entry.changed:
+                entry.changed.notify_all()
+
+    # start -------------------------------------------------------------------------------
+    async def check_namespace(self, namespace: str) -> None:
+        if namespace in self.known_namespaces:
+            return
+        if await self._store_call(self.store.get_namespace(namespace)) is None:
+            raise NamespaceNotFoundError(f"namespace {namespace!r} is not registered")
+        self.known_namespaces.add(namespace)
+
+    async def start(self, req: StartRequest) -> tuple[str, bool]:
+        """Start a run per the id reuse policy. Returns (run_id, started)."""
+        await self.check_namespace(req.namespace)
+        for _ in range(self.MAX_CAS_RETRIES):
+            current = await self._store_call(self.store.get_current_run(req.namespace, req.workflow_id))
+            decision = check_id_reuse(req.id_reuse_policy, current, req.request_id)
+            if decision == "reuse":
+                return current.run_id, False
+            if decision == "terminate":
+                await self.update(
+                    req.namespace,
+                    req.workflow_id,
+                    current.run_id,
+                    lambda s, now: self.engine.terminate(s, now=now, reason="terminated by a new start (TerminateIfRunning)"),
+                )
+                continue
+            mutation = self.engine.start(req, now=self.clock.now())
+            mutation.expected_current_run_id = current.run_id if current else None
+            try:
+                await self._commit(mutation)
+            except (CurrentRunConflictError, ConditionFailedError):
+                continue
+            key = (req.namespace, req.workflow_id, mutation.state.run_id)
+            entry = self._entry(key)
+            entry.state = mutation.state
+            await self._after_commit(mutation, entry)
+            return mutation.state.run_id, True
+        raise WorkflowAlreadyStartedError(f"workflow {req.workflow_id!r} is being started concurrently")
+
+    async def signal_with_start(self, req: StartRequest) -> tuple[str, bool]:
+        current = await self._store_call(self.store.get_current_run(req.namespace, req.workflow_id))
+        if current is not None and current.status == "Running":
+            try:
+                name, payloads = req.signal_name or "", list(req.signal_input)
+                await self.update(
+                    req.namespace,
+                    req.workflow_id,
+                    current.run_id,
+                    lambda s, now: self.engine.signal(s, name, payloads, now=now, identity=req.identity),
+                )
+                return current.run_id, False
+            except OrchestratorError as exc:
+                if exc.code != "workflow_not_running":
+                    raise
+        return await self.start(req)
+
+    # waiting -----------------------------------------------------------------------------
+    async def wait_for(
+        self,
+        namespace: str,
+        workflow_id: str,
+        run_id: str,
+        predicate: Callable[[ExecutionState], bool],
+        timeout: float,
+    ) -> ExecutionState:
+        """Wait until ``predicate(state)`` holds or ``timeout`` passes; returns the latest state."""
+        run_id = await self.resolve_run_id(namespace, workflow_id, run_id)
+        key = (namespace, workflow_id, run_id)
+        entry = self._entry(key)
+        async with entry.lock:
+            state = await self._load(entry, key)
+        if predicate(state) or timeout <= 0:
+            return state
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        async with entry.changed:
+            while True:
+                state = entry.state or state
+                if predicate(state):
+                    return state
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return state
+                try:
+                    await asyncio.wait_for(entry.changed.wait(), remaining)
+                except TimeoutError:
+                    return entry.state or state

@@ -1,0 +1,38 @@
+"""Prometheus metrics of the orchestrator (served at ``/metrics`` by the frontend)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import Counter, Gauge, Histogram
+
+
+@dataclass(frozen=True)
+class _Metrics:
+    tasks_dispatched: Counter
+    completions_applied: Counter
+    completions_rejected: Counter
+    broker_errors: Counter
+    timers_fired: Counter
+    timer_lag: Histogram
+    workflows_started: Counter
+    http_requests: Counter
+    open_workflows: Gauge
+
+
+METRICS = _Metrics(
+    tasks_dispatched=Counter("sagas_tasks_dispatched_total", "Tasks published to broker queues", ["kind"]),
+    completions_applied=Counter("sagas_completions_applied_total", "Worker/service replies applied", ["kind"]),
+    completions_rejected=Counter(
+        "sagas_completions_rejected_total", "Replies dropped (stale, duplicate, forged, malformed)", ["reason"]
+    ),
+    broker_errors=Counter("sagas_broker_errors_total", "Failed broker publishes"),
+    timers_fired=Counter("sagas_timers_fired_total", "Durable timer tasks fired", ["kind"]),
+    timer_lag=Histogram(
+        "sagas_timer_lag_seconds", "Delay between a timer's fire time and its firing",
+        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    ),
+    workflows_started=Counter("sagas_workflows_started_total", "Workflow runs started"),
+    http_requests=Counter("sagas_http_requests_total", "Frontend requests", ["route", "status"]),
+    open_workflows=Gauge("sagas_open_workflows", "Open runs in the history cache"),
+)
