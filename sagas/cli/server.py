@@ -20,6 +20,11 @@ server_app = typer.Typer(help="Run the orchestrator server.", no_args_is_help=Tr
 console = Console(stderr=True)
 
 
+@server_app.callback()
+def _group() -> None:
+    """Run the orchestrator server."""
+
+
 async def serve_dev(db_filename: str | None, ip: str, port: int, log_level: str, ready_file: str | None = None) -> None:
     """Run the dev server until SIGINT/SIGTERM."""
     from orchestrator.server import DevServer
@@ -59,3 +64,7 @@ def start_dev(
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve_dev(db_filename, ip, port, log_level, ready_file))
+
+
+if __name__ == "__main__":
+    server_app()
