@@ -467,8 +467,8 @@ HistoryEvent = Annotated[
 ]
 """Any history event; the ``event_type`` field selects the class."""
 
-_EVENT = TypeAdapter(HistoryEvent)
-_EVENTS = TypeAdapter(list[HistoryEvent])
+_EVENT: TypeAdapter[HistoryEvent] = TypeAdapter(HistoryEvent)
+_EVENTS: TypeAdapter[list[HistoryEvent]] = TypeAdapter(list[HistoryEvent])
 
 CLOSE_EVENT_TYPES = frozenset(
     {

@@ -22,6 +22,7 @@ from orchestrator.history.state import ExecutionState
 from orchestrator.persistence.base import (
     NamespaceRecord,
     UnsupportedEventVersionError,
+    VisibilityRecord,
 )
 
 RunKey = tuple[str, str, str]
@@ -84,3 +85,11 @@ def encode_namespace(record: NamespaceRecord) -> str:
 
 def decode_namespace(text: str | bytes) -> NamespaceRecord:
     return NamespaceRecord(**json.loads(text))
+
+
+def encode_visibility(record: VisibilityRecord) -> str:
+    return json.dumps(dataclasses.asdict(record))
+
+
+def decode_visibility(text: str | bytes) -> VisibilityRecord:
+    return VisibilityRecord(**json.loads(text))

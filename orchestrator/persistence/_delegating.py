@@ -55,7 +55,9 @@ class _DelegatingStore(HistoryStore):
         )
 
     async def get_current_run(self, namespace: str, workflow_id: str) -> CurrentRun | None:
-        return await self._around("get_current_run", lambda: self.inner.get_current_run(namespace, workflow_id))
+        return await self._around(
+            "get_current_run", lambda: self.inner.get_current_run(namespace, workflow_id)
+        )
 
     async def read_events(
         self,
@@ -71,13 +73,19 @@ class _DelegatingStore(HistoryStore):
         )
 
     async def delete_execution(self, namespace: str, workflow_id: str, run_id: str) -> None:
-        await self._around("delete_execution", lambda: self.inner.delete_execution(namespace, workflow_id, run_id))
+        await self._around(
+            "delete_execution", lambda: self.inner.delete_execution(namespace, workflow_id, run_id)
+        )
 
     async def get_transfer_tasks(self, shard_id: int, limit: int = 100) -> list[TransferTask]:
-        return await self._around("get_transfer_tasks", lambda: self.inner.get_transfer_tasks(shard_id, limit))
+        return await self._around(
+            "get_transfer_tasks", lambda: self.inner.get_transfer_tasks(shard_id, limit)
+        )
 
     async def delete_transfer_tasks(self, shard_id: int, task_ids: list[str]) -> None:
-        await self._around("delete_transfer_tasks", lambda: self.inner.delete_transfer_tasks(shard_id, task_ids))
+        await self._around(
+            "delete_transfer_tasks", lambda: self.inner.delete_transfer_tasks(shard_id, task_ids)
+        )
 
     async def get_timer_tasks(self, shard_id: int, fire_before: float, limit: int = 100) -> list[TimerTask]:
         return await self._around(

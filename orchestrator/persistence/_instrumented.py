@@ -82,7 +82,7 @@ class InstrumentedHistoryStore(_DelegatingStore):
         outcome = "ok"
         try:
             return await call()
-        except Exception as exc:
+        except BaseException as exc:  # cancellations too: they show up as "CancelledError"
             stats.errors += 1
             outcome = type(exc).__name__
             raise

@@ -30,7 +30,8 @@ from tenacity import (
     retry_if_exception_type,
     retry_if_not_exception_type,
     stop_after_attempt,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
 from orchestrator.persistence._delegating import _DelegatingStore
@@ -44,9 +45,10 @@ _log = logging.getLogger(__name__)
 class RetryingHistoryStore(_DelegatingStore):
     """Wraps ``inner``; retries each call on :class:`StoreUnavailableError` (see module docstring).
 
-    ``attempts`` counts the first try. The wait before retry *n* is about
-    ``initial_backoff * 2**(n-1)`` plus up to ``initial_backoff`` of jitter,
-    capped at ``max_backoff`` seconds; ``initial_backoff=0`` retries at once
+    ``attempts`` counts the first try. The wait before retry *n* is
+    ``initial_backoff * 2**(n-1)``, capped at ``max_backoff`` seconds, plus a
+    random jitter of up to ``initial_backoff`` (so that many callers hit by one
+    outage do not come back in step); ``initial_backoff=0`` retries at once
     (tests). :attr:`retries` counts the retries made so far.
     """
 
@@ -68,11 +70,11 @@ class RetryingHistoryStore(_DelegatingStore):
 
     async def _around(self, method: str, call: Callable[[], Awaitable[T]]) -> T:
         retrying = AsyncRetrying(
-            retry=retry_if_exception_type(StoreUnavailableError) & retry_if_not_exception_type(AmbiguousWriteError),
+            retry=retry_if_exception_type(StoreUnavailableError)
+            & retry_if_not_exception_type(AmbiguousWriteError),
             stop=stop_after_attempt(self.attempts),
-            wait=wait_exponential_jitter(
-                initial=self.initial_backoff, max=self.max_backoff, jitter=self.initial_backoff
-            ),
+            wait=wait_exponential(multiplier=self.initial_backoff, max=self.max_backoff)
+            + wait_random(0, self.initial_backoff),
             before_sleep=lambda state: self._note_retry(method, state),
             reraise=True,
         )

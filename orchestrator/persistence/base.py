@@ -50,7 +50,7 @@ class UnsupportedEventVersionError(StoreError):
 
 
 class StoreUnavailableError(StoreError):
-    """A transient infrastructure error (retried by the ``_retrying`` wrapper)."""
+    """A transient infrastructure error that applied nothing (so the ``_retrying`` wrapper may retry it)."""
 
 
 class AmbiguousWriteError(StoreError):

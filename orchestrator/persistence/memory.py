@@ -63,7 +63,7 @@ class MemoryHistoryStore(HistoryStore):
         self._events: dict[RunKey, dict[int, str]] = {}
         self._transfer: dict[int, dict[str, str]] = {}  # shard -> task id -> task, in insertion order
         self._timers: dict[int, dict[str, _Timer]] = {}
-        self._visibility: dict[RunKey, VisibilityRecord] = {}
+        self._visibility: dict[RunKey, VisibilityRecord] = {}  # normalised through JSON; copied on return
         self._namespaces: dict[str, str] = {}
         self._seq = itertools.count(1)
 
@@ -109,6 +109,7 @@ class MemoryHistoryStore(HistoryStore):
             seen_tasks.add((kind, task.shard_id, task.task_id))
 
     def _apply(self, plan: WritePlan) -> None:
+        # Encode first: a value that is not JSON fails here, as it would in SQLite, before any change.
         encoded = [
             (key, row.state.db_version, _codec.encode_state(row.state))
             for key, row in plan.executions.items()
@@ -116,7 +117,10 @@ class MemoryHistoryStore(HistoryStore):
         events = [(key, event.event_id, _codec.encode_event(event)) for key, event in plan.events]
         transfer = [(t.shard_id, t.task_id, _codec.encode_transfer_task(t)) for t in plan.transfer_tasks]
         timers = [(t.shard_id, t.task_id, t.fire_time, _codec.encode_timer_task(t)) for t in plan.timer_tasks]
-        # Encoding (which can fail on a value that is not JSON) is done: from here nothing raises.
+        records = [
+            (k, _codec.decode_visibility(_codec.encode_visibility(v))) for k, v in plan.visibility.items()
+        ]
+        # From here on nothing raises.
         for key, version, text in encoded:
             self._executions[key] = (version, text)
         self._current.update((k, dataclasses.replace(v)) for k, v in plan.current.items())
@@ -126,7 +130,7 @@ class MemoryHistoryStore(HistoryStore):
             self._transfer.setdefault(shard_id, {})[task_id] = text
         for shard_id, task_id, fire_time, text in timers:
             self._timers.setdefault(shard_id, {})[task_id] = _Timer(fire_time, next(self._seq), text)
-        self._visibility.update((k, copy.deepcopy(v)) for k, v in plan.visibility.items())
+        self._visibility.update(records)
 
     async def get_execution(self, namespace: str, workflow_id: str, run_id: str) -> ExecutionState | None:
         stored = self._executions.get((namespace, workflow_id, run_id))

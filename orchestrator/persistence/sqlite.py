@@ -228,10 +228,10 @@ class SqliteHistoryStore(HistoryStore):
     # lifecycle --------------------------------------------------------------
     async def open(self) -> None:
         """Create the file and tables if needed and start the writer and reader threads."""
-        if self._writer is not None:
-            return
         if self._closed:
             raise StoreError(f"{self.url}: this store was closed; create a new one")
+        if self._writer is not None:
+            return
         file = self.path
         if file == ":memory:":
             self._tempdir = tempfile.mkdtemp(prefix="sagas-sqlite-")
@@ -351,14 +351,15 @@ class SqliteHistoryStore(HistoryStore):
                     error = _store_error(cause, "the change was not applied")
                 _settle(job.loop, job.future, error=error)
             return
-        except BaseException as exc:  # a bug here must not leave callers waiting forever
+        except BaseException as exc:  # a bug here must neither leave callers waiting nor stop the writer
             _log.exception("SQLite writer failed on %s", self.path)
+            for job in jobs:
+                internal = StoreError(f"{self.url}: internal error in the writer: {exc!r}")
+                _settle(job.loop, job.future, error=internal)
             try:
                 conn.rollback()
-            finally:
-                for job in jobs:
-                    internal = StoreError(f"{self.url}: internal error in the writer: {exc!r}")
-                    _settle(job.loop, job.future, error=internal)
+            except sqlite3.Error:
+                _log.exception("rollback failed on %s", self.path)
             return
         self.commits += 1
         for job, result, failure in outcomes:
