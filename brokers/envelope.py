@@ -158,7 +158,7 @@ Reply = Annotated[
 ]
 """Any message a worker or service sends back to the orchestrator."""
 
-_REPLY = TypeAdapter(Reply)
+_REPLY: TypeAdapter[Reply] = TypeAdapter(Reply)
 
 
 def _check_size(body: bytes, max_bytes: int) -> None:

@@ -1,0 +1,533 @@
+"""Errors of the sagas SDK, mirroring ``temporalio.exceptions``.
+
+Users catch these, never a third-party library's exceptions. The hierarchy::
+
+    SagasError(Exception)                  root of every SDK error
+    ├── FailureError                       an error that travels as a Failure
+    │   │                                  (.message, .failure, .cause)
+    │   ├── ApplicationError               raised by user code (type, details,
+    │   │   │                              non_retryable, next_retry_delay)
+    │   │   ├── PayloadSizeError           a payload is over the converter's limit
+    │   │   └── SagaCompensationError      one or more saga compensations failed
+    │   ├── CancelledError                 the work was cancelled
+    │   ├── TimeoutError                   a timeout fired (.type: TimeoutType)
+    │   ├── TerminatedError                the workflow was terminated
+    │   ├── ServerError                    the orchestrator reported an error
+    │   ├── ActivityError                  wraps an activity's failure (.cause)
+    │   ├── ChildWorkflowError             wraps a child workflow's failure (.cause)
+    │   └── WorkflowAlreadyStartedError    a run with that workflow id exists
+    ├── NondeterminismError                replay produced different commands
+    ├── WorkflowFailureError               client: the workflow failed (.cause)
+    ├── WorkflowQueryFailedError           client: the query handler raised
+    ├── WorkflowUpdateFailedError          client: the update failed (.cause)
+    └── RPCError                           client: the server refused a call
+        └── WorkflowNotFoundError          client: no such workflow run
+
+Inside a workflow, raising a :class:`FailureError` fails the workflow; any
+other exception fails only the workflow *task*, which is retried (so a bug
+can be fixed and deployed without losing the run), like temporalio.
+
+Failures cross the wire as :class:`orchestrator.api.common.Failure`;
+:func:`error_to_failure` and :func:`failure_to_error` convert both ways and
+keep type, message, details, ``non_retryable`` and the ``cause`` chain:
+
+>>> err = failure_to_error(error_to_failure(ApplicationError("no car", type="NoCar")))
+>>> (type(err).__name__, err.message, err.type)
+('ApplicationError', 'no car', 'NoCar')
+"""
+
+from __future__ import annotations
+
+import asyncio
+import traceback
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+from pydantic_core import to_jsonable_python
+
+from orchestrator.api.common import Failure
+from orchestrator.api.enums import RetryState, TimeoutType
+
+__all__ = [
+    "ActivityError",
+    "ApplicationError",
+    "CancelledError",
+    "ChildWorkflowError",
+    "FailureError",
+    "NondeterminismError",
+    "PayloadSizeError",
+    "RPCError",
+    "SagaCompensationError",
+    "SagasError",
+    "ServerError",
+    "TerminatedError",
+    "TimeoutError",
+    "WorkflowAlreadyStartedError",
+    "WorkflowFailureError",
+    "WorkflowNotFoundError",
+    "WorkflowQueryFailedError",
+    "WorkflowUpdateFailedError",
+    "error_to_failure",
+    "failure_to_error",
+    "is_cancelled_error",
+]
+
+
+class SagasError(Exception):
+    """Root of every error the sagas SDK raises."""
+
+    @property
+    def message(self) -> str:
+        """The error's message (``str(err)``)."""
+        return str(self.args[0]) if self.args else ""
+
+
+class FailureError(SagasError):
+    """An error that is (or can be) carried as a :class:`Failure`.
+
+    ``failure`` is the wire form it was built from, when it came over the wire;
+    ``cause`` is the error that caused it (``__cause__``).
+    """
+
+    def __init__(self, message: str, *, failure: Failure | None = None) -> None:
+        super().__init__(message)
+        self._message = message
+        self._failure = failure
+
+    @property
+    def message(self) -> str:
+        """The error's message, without the class name."""
+        return self._message
+
+    @property
+    def failure(self) -> Failure | None:
+        """The :class:`Failure` this error was built from, if it came over the wire."""
+        return self._failure
+
+    @property
+    def cause(self) -> BaseException | None:
+        """The error that caused this one (``__cause__``)."""
+        return self.__cause__
+
+
+class ApplicationError(FailureError):
+    """An error raised by user code, optionally non-retryable.
+
+    ``type`` names the error for retry policies' ``non_retryable_error_types``
+    (defaults to the class name of the Python exception it was converted from).
+    ``next_retry_delay`` is kept on the object for callers but is not carried
+    over the wire.
+
+    >>> raise ApplicationError("card declined", {"code": 51}, type="Declined", non_retryable=True)
+    Traceback (most recent call last):
+    ...
+    sagas.exceptions.ApplicationError: card declined
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *details: Any,
+        type: str | None = None,
+        non_retryable: bool = False,
+        next_retry_delay: timedelta | None = None,
+        failure: Failure | None = None,
+    ) -> None:
+        super().__init__(message, failure=failure)
+        self._details = tuple(details)
+        self._type = type
+        self._non_retryable = non_retryable
+        self._next_retry_delay = next_retry_delay
+
+    @property
+    def details(self) -> Sequence[Any]:
+        """Extra values attached to the error (JSON values after a round trip)."""
+        return self._details
+
+    @property
+    def type(self) -> str | None:
+        """The error's type name, if set."""
+        return self._type
+
+    @property
+    def non_retryable(self) -> bool:
+        """True when retry policies must not retry this error."""
+        return self._non_retryable
+
+    @property
+    def next_retry_delay(self) -> timedelta | None:
+        """Delay the raiser asked for before the next retry (not sent over the wire)."""
+        return self._next_retry_delay
+
+
+class PayloadSizeError(ApplicationError):
+    """A payload is larger than the data converter's ``max_payload_bytes``.
+
+    Non-retryable: the same value will be too large again. Keep large data
+    outside the workflow (object storage, a database) and pass a reference.
+    """
+
+    def __init__(self, message: str, *, size: int = 0, limit: int = 0) -> None:
+        super().__init__(message, type="PayloadSizeError", non_retryable=True)
+        self.size = size
+        self.limit = limit
+
+
+class SagaCompensationError(ApplicationError):
+    """One or more compensations of a :class:`sagas.Saga` failed.
+
+    ``errors`` holds every compensation failure in the order they happened;
+    ``__cause__`` is the first one. ``details`` lists the failed steps' names.
+    """
+
+    def __init__(self, message: str, *, errors: Sequence[BaseException], names: Sequence[str] = ()) -> None:
+        super().__init__(message, *names, type="SagaCompensationError")
+        self.errors = list(errors)
+
+
+class CancelledError(FailureError):
+    """The work was cancelled (an activity, a child workflow, the workflow itself)."""
+
+    def __init__(self, message: str = "Cancelled", *details: Any, failure: Failure | None = None) -> None:
+        super().__init__(message, failure=failure)
+        self._details = tuple(details)
+
+    @property
+    def details(self) -> Sequence[Any]:
+        """Details given with the cancellation."""
+        return self._details
+
+
+class TimeoutError(FailureError):
+    """A timeout fired; ``type`` says which one (:class:`TimeoutType`)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        type: TimeoutType | None,
+        last_heartbeat_details: Sequence[Any] = (),
+        failure: Failure | None = None,
+    ) -> None:
+        super().__init__(message, failure=failure)
+        self._type = type
+        self._last_heartbeat_details = tuple(last_heartbeat_details)
+
+    @property
+    def type(self) -> TimeoutType | None:
+        """Which timeout fired."""
+        return self._type
+
+    @property
+    def last_heartbeat_details(self) -> Sequence[Any]:
+        """Details of the activity's last heartbeat, if any."""
+        return self._last_heartbeat_details
+
+
+class TerminatedError(FailureError):
+    """The workflow was terminated."""
+
+    def __init__(self, message: str = "Terminated", *details: Any, failure: Failure | None = None) -> None:
+        super().__init__(message, failure=failure)
+        self._details = tuple(details)
+
+    @property
+    def details(self) -> Sequence[Any]:
+        """Details given with the termination."""
+        return self._details
+
+
+class ServerError(FailureError):
+    """The orchestrator reported an error."""
+
+    def __init__(self, message: str, *, non_retryable: bool = False, failure: Failure | None = None) -> None:
+        super().__init__(message, failure=failure)
+        self._non_retryable = non_retryable
+
+    @property
+    def non_retryable(self) -> bool:
+        """True when the operation must not be retried."""
+        return self._non_retryable
+
+
+class ActivityError(FailureError):
+    """An activity failed; ``cause`` is the real error (ApplicationError, TimeoutError, CancelledError)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        activity_type: str = "",
+        activity_id: str = "",
+        scheduled_event_id: int = 0,
+        retry_state: RetryState | None = None,
+        failure: Failure | None = None,
+    ) -> None:
+        super().__init__(message, failure=failure)
+        self.activity_type = activity_type
+        self.activity_id = activity_id
+        self.scheduled_event_id = scheduled_event_id
+        self.retry_state = retry_state
+
+
+class ChildWorkflowError(FailureError):
+    """A child workflow failed; ``cause`` is the real error."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        workflow_id: str = "",
+        workflow_type: str = "",
+        retry_state: RetryState | None = None,
+        failure: Failure | None = None,
+    ) -> None:
+        super().__init__(message, failure=failure)
+        self.workflow_id = workflow_id
+        self.workflow_type = workflow_type
+        self.retry_state = retry_state
+
+
+class WorkflowAlreadyStartedError(FailureError):
+    """A workflow run with this id already exists (and the reuse policy refused a new one)."""
+
+    def __init__(self, workflow_id: str, workflow_type: str, *, run_id: str | None = None) -> None:
+        super().__init__(
+            f"workflow {workflow_id!r} of type {workflow_type!r} is already started; "
+            "use another workflow id or a WorkflowIDReusePolicy that allows it"
+        )
+        self.workflow_id = workflow_id
+        self.workflow_type = workflow_type
+        self.run_id = run_id
+
+
+class NondeterminismError(SagasError):
+    """Replaying a workflow's history produced different commands than the history recorded.
+
+    The message names the event id, the command recorded in history and the
+    command the code produced (with the source line when known). Usually the
+    workflow code changed in a way that is not replay-safe; guard the change
+    with ``workflow.patched(...)``.
+    """
+
+
+class WorkflowFailureError(SagasError):
+    """The workflow closed as failed, cancelled, terminated or timed out; ``cause`` says how."""
+
+    def __init__(self, *, cause: BaseException, message: str = "Workflow execution failed") -> None:
+        super().__init__(message)
+        self.__cause__ = cause
+
+    @property
+    def cause(self) -> BaseException:
+        """The error the workflow closed with."""
+        assert self.__cause__ is not None
+        return self.__cause__
+
+
+class WorkflowQueryFailedError(SagasError):
+    """A query handler raised, or the query named no handler."""
+
+
+class WorkflowUpdateFailedError(SagasError):
+    """An update was rejected by its validator or its handler failed; ``cause`` says why."""
+
+    def __init__(self, *, cause: BaseException, message: str = "Workflow update failed") -> None:
+        super().__init__(message)
+        self.__cause__ = cause
+
+    @property
+    def cause(self) -> BaseException:
+        """The update's failure."""
+        assert self.__cause__ is not None
+        return self.__cause__
+
+
+class RPCError(SagasError):
+    """The orchestrator refused a client call; ``code`` is its stable error code, ``status`` the HTTP status."""
+
+    def __init__(self, message: str, code: str = "internal", status: int = 500) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+
+
+class WorkflowNotFoundError(RPCError):
+    """No workflow run with that workflow id (and run id)."""
+
+    def __init__(self, message: str, code: str = "workflow_not_found", status: int = 404) -> None:
+        super().__init__(message, code, status)
+
+
+def is_cancelled_error(err: BaseException) -> bool:
+    """True for a cancellation: asyncio's or ours, directly or as an activity/child's cause."""
+    if isinstance(err, asyncio.CancelledError | CancelledError):
+        return True
+    if isinstance(err, ActivityError | ChildWorkflowError):
+        return isinstance(err.cause, CancelledError)
+    return False
+
+
+def _json_details(details: Sequence[Any]) -> list[Any]:
+    try:
+        return list(to_jsonable_python(list(details)))
+    except Exception:  # a detail that cannot become JSON is sent as its repr
+        return [repr(d) for d in details]
+
+
+def _stack(err: BaseException) -> str:
+    if err.__traceback__ is None:
+        return ""
+    return "".join(traceback.format_tb(err.__traceback__))
+
+
+def error_to_failure(err: BaseException) -> Failure:
+    """Convert an exception (and its ``__cause__`` chain) to its wire form.
+
+    Exceptions that are not :class:`FailureError` become ``application``
+    failures whose ``type`` is the exception's class name, as in temporalio.
+    """
+    cause = error_to_failure(err.__cause__) if err.__cause__ is not None else None
+    stack = _stack(err)
+    if isinstance(err, ApplicationError):
+        return Failure(
+            message=err.message,
+            kind="application",
+            type=err.type or type(err).__name__,
+            non_retryable=err.non_retryable,
+            details=_json_details(err.details),
+            stack_trace=stack,
+            cause=cause,
+        )
+    if isinstance(err, CancelledError):
+        return Failure(
+            message=err.message,
+            kind="canceled",
+            details=_json_details(err.details),
+            stack_trace=stack,
+            cause=cause,
+        )
+    if isinstance(err, asyncio.CancelledError):
+        return Failure(message=str(err) or "Cancelled", kind="canceled", stack_trace=stack, cause=cause)
+    if isinstance(err, TimeoutError):
+        return Failure(
+            message=err.message,
+            kind="timeout",
+            timeout_type=str(err.type) if err.type is not None else None,
+            last_heartbeat_details=_json_details(err.last_heartbeat_details) or None,
+            stack_trace=stack,
+            cause=cause,
+        )
+    if isinstance(err, TerminatedError):
+        return Failure(
+            message=err.message,
+            kind="terminated",
+            details=_json_details(err.details),
+            stack_trace=stack,
+            cause=cause,
+        )
+    if isinstance(err, ServerError):
+        return Failure(
+            message=err.message,
+            kind="server",
+            non_retryable=err.non_retryable,
+            stack_trace=stack,
+            cause=cause,
+        )
+    if isinstance(err, ActivityError):
+        return Failure(
+            message=err.message,
+            kind="activity",
+            activity_type=err.activity_type or None,
+            activity_id=err.activity_id or None,
+            scheduled_event_id=err.scheduled_event_id or None,
+            retry_state=str(err.retry_state) if err.retry_state is not None else None,
+            stack_trace=stack,
+            cause=cause,
+        )
+    if isinstance(err, ChildWorkflowError):
+        return Failure(
+            message=err.message,
+            kind="child_workflow",
+            workflow_id=err.workflow_id or None,
+            workflow_type=err.workflow_type or None,
+            retry_state=str(err.retry_state) if err.retry_state is not None else None,
+            stack_trace=stack,
+            cause=cause,
+        )
+    if isinstance(err, FailureError):
+        return Failure(
+            message=err.message, kind="application", type=type(err).__name__, stack_trace=stack, cause=cause
+        )
+    return Failure(
+        message=str(err), kind="application", type=type(err).__name__, stack_trace=stack, cause=cause
+    )
+
+
+def _retry_state(value: str | None) -> RetryState | None:
+    try:
+        return RetryState(value) if value else None
+    except ValueError:
+        return None
+
+
+def _timeout_type(value: str | None) -> TimeoutType | None:
+    try:
+        return TimeoutType(value) if value else None
+    except ValueError:
+        return None
+
+
+def failure_to_error(failure: Failure) -> FailureError:
+    """Convert a wire :class:`Failure` (and its ``cause`` chain) to an exception.
+
+    ``kind`` selects the class; unknown kinds become :class:`ApplicationError`.
+    The result's ``failure`` property is the given failure.
+    """
+    err: FailureError
+    kind = failure.kind
+    if kind == "canceled":
+        err = CancelledError(failure.message, *failure.details, failure=failure)
+    elif kind == "timeout":
+        err = TimeoutError(
+            failure.message,
+            type=_timeout_type(failure.timeout_type),
+            last_heartbeat_details=failure.last_heartbeat_details or (),
+            failure=failure,
+        )
+    elif kind == "terminated":
+        err = TerminatedError(failure.message, *failure.details, failure=failure)
+    elif kind == "server":
+        err = ServerError(failure.message, non_retryable=failure.non_retryable, failure=failure)
+    elif kind == "activity":
+        err = ActivityError(
+            failure.message,
+            activity_type=failure.activity_type or "",
+            activity_id=failure.activity_id or "",
+            scheduled_event_id=failure.scheduled_event_id or 0,
+            retry_state=_retry_state(failure.retry_state),
+            failure=failure,
+        )
+    elif kind == "child_workflow":
+        err = ChildWorkflowError(
+            failure.message,
+            workflow_id=failure.workflow_id or "",
+            workflow_type=failure.workflow_type or "",
+            retry_state=_retry_state(failure.retry_state),
+            failure=failure,
+        )
+    elif failure.type == "PayloadSizeError":
+        err = PayloadSizeError(failure.message)
+        err._failure = failure
+    else:
+        err = ApplicationError(
+            failure.message,
+            *failure.details,
+            type=failure.type,
+            non_retryable=failure.non_retryable,
+            failure=failure,
+        )
+    if failure.cause is not None:
+        err.__cause__ = failure_to_error(failure.cause)
+    return err
