@@ -97,9 +97,15 @@ def create_app(orc: Orchestrator) -> FastAPI:
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/", response_class=PlainTextResponse)
-    async def root() -> str:
-        return "sagas orchestrator: API under /api/v1, OpenAPI at /openapi.json, docs at /docs\n"
+    try:
+        from orchestrator.frontend.ui import mount_ui
+    except ImportError:  # the UI module is optional while it is being built
+
+        @app.get("/", response_class=PlainTextResponse)
+        async def root() -> str:
+            return "sagas orchestrator: API under /api/v1, OpenAPI at /openapi.json, docs at /docs\n"
+    else:
+        mount_ui(app, orc)
 
     @app.get("/api/v1/cluster", response_model=H.ClusterInfo)
     async def cluster() -> H.ClusterInfo:
