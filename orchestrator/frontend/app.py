@@ -7,13 +7,15 @@ bad input changes nothing in the store.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from brokers import envelope as env
 from brokers.base import Delivery
@@ -79,15 +81,7 @@ def create_app(orc: Orchestrator) -> FastAPI:
         parts = [f"{'.'.join(str(p) for p in e['loc'] if p != 'body')}: {e['msg']}" for e in errors[:3]]
         return _error(InvalidArgumentError("; ".join(parts) or "invalid request"))
 
-    @app.middleware("http")
-    async def _limits(request: Request, call_next: Any) -> Response:
-        length = request.headers.get("content-length")
-        if length is not None and int(length) > max_body + 64 * 1024:
-            return _error(
-                PayloadTooLargeError(f"request body of {length} bytes is over the limit of {max_body} bytes")
-            )
-        response: Response = await call_next(request)
-        return response
+    app.add_middleware(_BodyLimit, max_bytes=max_body + 64 * 1024)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -284,8 +278,10 @@ def create_app(orc: Orchestrator) -> FastAPI:
     broker = orc.broker
 
     @app.post("/api/v1/queues/{queue}/receive", response_model=H.ReceiveResponse)
-    async def receive(queue: str, body: H.ReceiveRequest) -> H.ReceiveResponse:
-        deliveries = await broker.receive(queue, max(1, min(body.max_messages, 100)), min(max(body.wait, 0.0), 30.0))
+    async def receive(queue: str, body: H.ReceiveRequest, request: Request) -> H.ReceiveResponse:
+        deliveries = await _receive_unless_gone(
+            request, queue, max(1, min(body.max_messages, 100)), min(max(body.wait, 0.0), 30.0)
+        )
         return H.ReceiveResponse(
             deliveries=[
                 H.WireDelivery(
@@ -298,6 +294,23 @@ def create_app(orc: Orchestrator) -> FastAPI:
                 for d in deliveries
             ]
         )
+
+    async def _receive_unless_gone(request: Request, queue: str, max_messages: int, wait: float) -> list[Delivery]:
+        """Long-poll the broker, but stop when the worker hung up: a message handed to a
+        connection that is gone would stay leased for the whole visibility timeout."""
+        receiving = asyncio.ensure_future(broker.receive(queue, max_messages, wait))
+        while not receiving.done():
+            done, _ = await asyncio.wait({receiving}, timeout=0.25)
+            if not done and await request.is_disconnected():
+                receiving.cancel()
+                await asyncio.gather(receiving, return_exceptions=True)
+                return []
+        deliveries = receiving.result()
+        if deliveries and await request.is_disconnected():
+            for d in deliveries:
+                await broker.nack(d, requeue=True, reason="receiver disconnected")
+            return []
+        return deliveries
 
     @app.post("/api/v1/queues/{queue}/ack", response_model=H.Ack)
     async def ack(queue: str, body: H.SettleRequest) -> H.Ack:
@@ -328,4 +341,24 @@ def create_app(orc: Orchestrator) -> FastAPI:
 
 class _MalformedJson(InvalidArgumentError):
     code = "malformed_json"
+
+
+class _BodyLimit:
+    """Refuse a request whose declared body is over the limit before reading it (pure ASGI,
+    so that endpoints still see client disconnects)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            length = dict(scope["headers"]).get(b"content-length")
+            if length is not None and length.isdigit() and int(length) > self.max_bytes:
+                response = _error(
+                    PayloadTooLargeError(f"request body of {int(length)} bytes is over the limit of {self.max_bytes} bytes")
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 

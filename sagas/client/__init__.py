@@ -1,1 +1,66 @@
-"""sagas.client."""
+"""Start workflows and talk to running ones (mirrors ``temporalio.client``).
+
+::
+
+    from sagas.client import Client
+
+    client = await Client.connect("localhost:7233")
+    handle = await client.start_workflow(BookTrip.run, trip, id="trip-1", task_queue="trips")
+    await handle.signal(BookTrip.approve, "ok")
+    print(await handle.result())
+
+Every error is a :mod:`sagas.exceptions` type: ``WorkflowFailureError`` when
+the workflow failed (its ``cause`` says how), ``WorkflowNotFoundError``,
+``WorkflowAlreadyStartedError``, ``WorkflowQueryFailedError``,
+``WorkflowUpdateFailedError``, or ``RPCError`` with the server's stable
+error ``code`` (``unavailable`` when no server answers).
+"""
+
+from orchestrator.api.enums import WorkflowExecutionStatus, WorkflowIDReusePolicy
+from sagas.client._client import (
+    AsyncActivityHandle,
+    Client,
+    WorkflowHandle,
+    WorkflowUpdateHandle,
+    WorkflowUpdateStage,
+)
+from sagas.client._types import (
+    AsyncActivityCancelledError,
+    WorkflowContinuedAsNewError,
+    WorkflowExecution,
+    WorkflowExecutionAsyncIterator,
+    WorkflowExecutionCount,
+    WorkflowExecutionDescription,
+)
+from sagas.exceptions import (
+    RPCError,
+    WorkflowAlreadyStartedError,
+    WorkflowFailureError,
+    WorkflowNotFoundError,
+    WorkflowQueryFailedError,
+    WorkflowUpdateFailedError,
+)
+from sagas.worker._replayer import WorkflowHistory
+
+__all__ = [
+    "AsyncActivityCancelledError",
+    "AsyncActivityHandle",
+    "Client",
+    "RPCError",
+    "WorkflowAlreadyStartedError",
+    "WorkflowContinuedAsNewError",
+    "WorkflowExecution",
+    "WorkflowExecutionAsyncIterator",
+    "WorkflowExecutionCount",
+    "WorkflowExecutionDescription",
+    "WorkflowExecutionStatus",
+    "WorkflowFailureError",
+    "WorkflowHandle",
+    "WorkflowHistory",
+    "WorkflowIDReusePolicy",
+    "WorkflowNotFoundError",
+    "WorkflowQueryFailedError",
+    "WorkflowUpdateFailedError",
+    "WorkflowUpdateHandle",
+    "WorkflowUpdateStage",
+]

@@ -1,0 +1,29 @@
+"""The ``sagas`` command line (console script ``sagas`` -> ``sagas.cli.main:app``).
+
+::
+
+    sagas server start-dev            # run an orchestrator with the embedded defaults
+    sagas workflow list               # see what runs
+    sagas workflow show -w trip-1     # draw a run's history and saga
+    sagas demo ...                    # run the demos
+"""
+
+from __future__ import annotations
+
+import typer
+
+from sagas.cli.demo import demo_app
+from sagas.cli.server import server_app
+from sagas.cli.workflow import workflow_app
+
+app = typer.Typer(
+    name="sagas",
+    help="Durable-execution saga orchestrator: run the server, start and inspect workflows.",
+    no_args_is_help=True,
+)
+app.add_typer(workflow_app, name="workflow")
+app.add_typer(server_app, name="server")
+app.add_typer(demo_app, name="demo")
+
+if __name__ == "__main__":
+    app()
