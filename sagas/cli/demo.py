@@ -106,7 +106,10 @@ async def run_trip_booking(keep_running: bool, port: int) -> int:
                         await handle.result()
                         outcomes[handle.id] = "[green]completed[/]"
                     except WorkflowFailureError as exc:
-                        outcomes[handle.id] = f"[yellow]compensated[/] ({exc.cause})"
+                        root: BaseException = exc
+                        while root.__cause__ is not None or getattr(root, "cause", None) is not None:
+                            root = getattr(root, "cause", None) or root.__cause__  # type: ignore[assignment]
+                        outcomes[handle.id] = f"[yellow]compensated[/] (because: {root})"
             for wid, outcome in outcomes.items():
                 handle = client.get_workflow_handle(wid)
                 history = await handle.fetch_history()
@@ -120,9 +123,9 @@ async def run_trip_booking(keep_running: bool, port: int) -> int:
         finally:
             for p in procs:
                 p.terminate()
-            for p in procs:
+            for p in procs:  # wait off the event loop: the server in this loop still answers them
                 with contextlib.suppress(subprocess.TimeoutExpired):
-                    p.wait(5)
+                    await asyncio.to_thread(p.wait, 5)
     console.print(f"Runs are visible at http://{server.target}/api/v1/namespaces/default/workflows (history in {tmp}).")
     if keep_running:
         console.print("Server keeps running; press Ctrl-C to stop.")
