@@ -8,7 +8,8 @@ workflow id, so a redelivered or retried task never books twice.
     python -m services_demo.trip_booking.services car --broker-url local://127.0.0.1:7233 --db car.db
 
 Failure switches: ``--fail`` (every booking is declined), ``--transient-failure-rate 0.3``
-(random retryable errors), ``--delay 2.0`` (slow service, to show timeouts and retries).
+(random retryable errors), ``--delay 2.0`` (slow service, to show timeouts and retries; the
+delay comes after the booking is written, the worst moment to crash).
 Flights to "Atlantis" are always declined: that is how the demo makes a saga compensate.
 """
 
@@ -45,8 +46,6 @@ class BookingService:
         trip = task.input[0] if task.input else {}
         if not isinstance(trip, dict):
             raise ServiceError("input must be a trip object", type="InvalidInput", non_retryable=True)
-        if self.delay:
-            await asyncio.sleep(self.delay)
         if self.transient_failure_rate and random.random() < self.transient_failure_rate:
             raise ServiceError(f"{self.kind} service is temporarily unavailable", type="Unavailable")
         key = task.workflow_id
@@ -56,6 +55,8 @@ class BookingService:
                     f"no {self.kind} available for {trip.get('destination', '?')}", type="NoAvailability", non_retryable=True
                 )
             booking_id, status = self.ledger.book(key, str(trip.get("destination", "")))
+            if self.delay:  # slow *after* booking: the worst moment to crash, for the exactly-once demo
+                await asyncio.sleep(self.delay)
             if status != "booked":
                 raise ServiceError(f"{self.kind} booking for {key} was already cancelled", type="AlreadyCancelled", non_retryable=True)
             return {"kind": self.kind, "booking_id": booking_id}
