@@ -20,10 +20,13 @@ Rules worth knowing:
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+from croniter import croniter
 
 from orchestrator.api import commands as C
 from orchestrator.api import events as E
@@ -67,6 +70,32 @@ _CLOSE_COMMANDS = (
 
 def _ts(now: float) -> datetime:
     return datetime.fromtimestamp(now, UTC)
+
+
+_EVERY = re.compile(r"^@every\s+(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def cron_next_fire(schedule: str, after: float) -> float:
+    """Next fire time (epoch seconds, UTC) of a cron string strictly after ``after``.
+
+    Standard 5-field cron (``"*/5 * * * *"``), 6 fields with seconds first is not
+    accepted; ``@hourly``/``@daily``-style macros and ``@every 30s`` are.
+
+    >>> cron_next_fire("@every 30s", 100.0)
+    130.0
+    """
+    m = _EVERY.match(schedule.strip())
+    if m:
+        return after + float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+    try:
+        it = croniter(schedule, datetime.fromtimestamp(after, UTC))
+    except (ValueError, KeyError) as exc:
+        raise InvalidArgumentError(
+            f"invalid cron schedule {schedule!r}: {exc}",
+            hint="Use 5 fields (minute hour day-of-month month day-of-week), e.g. '*/15 * * * *', or '@every 30s'.",
+        ) from exc
+    return float(it.get_next(float))
 
 
 @dataclass
@@ -383,6 +412,10 @@ class HistoryEngine:
         if deadline is None and req.execution_timeout:
             deadline = now + req.execution_timeout
         delay = req.start_delay or 0.0
+        if req.cron_schedule:
+            first_fire = cron_next_fire(req.cron_schedule, now)  # validates the string too
+            if req.continued_from_run_id is None:
+                delay = max(delay, first_fire - now)
         state = ExecutionState(
             namespace=req.namespace,
             workflow_id=req.workflow_id,
@@ -564,12 +597,58 @@ class HistoryEngine:
             b.flush_buffer()
             if self._unaddressed_updates(s, []):
                 b.needs_workflow_task = True
+        return self._finish(b)
+
+    def _finish(self, b: _Builder) -> Mutation:
+        """The builder's mutation, plus the next run when the closing one asked for it."""
         mutation = b.mutation()
         if b.follow_up_start is not None:
-            new_run = self.start(b.follow_up_start, now=now)
-            new_run.expected_current_run_id = s.run_id
+            new_run = self.start(b.follow_up_start, now=b.now)
+            new_run.expected_current_run_id = b.state.run_id
             mutation.follow_up = new_run
         return mutation
+
+    def _next_run(self, b: _Builder, failure: Failure | None) -> str | None:
+        """Arrange the next run of a closing run: a retry (workflow retry policy) or the next cron fire."""
+        s = b.state
+        delay: float | None = None
+        attempt = 1
+        policy = s.retry_policy
+        if failure is not None and policy is not None and policy.allows_retry(s.attempt, failure.type, failure.non_retryable):
+            delay, attempt = policy.backoff(s.attempt), s.attempt + 1
+            if s.execution_deadline is not None and b.now + delay >= s.execution_deadline:
+                delay = None
+        if delay is None and s.cron_schedule:
+            delay, attempt = max(0.0, cron_next_fire(s.cron_schedule, b.now) - b.now), 1
+        if delay is None:
+            return None
+        new_run_id = str(uuid.uuid4())
+        b.follow_up_start = StartRequest(
+            namespace=s.namespace,
+            workflow_id=s.workflow_id,
+            workflow_type=s.workflow_type,
+            task_queue=s.task_queue,
+            input=s.input,
+            run_timeout=s.workflow_run_timeout,
+            task_timeout=s.workflow_task_timeout,
+            execution_timeout=s.workflow_execution_timeout,
+            execution_deadline=s.execution_deadline,
+            retry_policy=s.retry_policy,
+            cron_schedule=s.cron_schedule,
+            memo=s.memo,
+            search_attributes=s.search_attributes,
+            parent=s.parent,
+            parent_initiated_event_id=s.parent_initiated_event_id,
+            first_run_id=s.first_run_id,
+            continued_from_run_id=s.run_id,
+            attempt=attempt,
+            start_delay=delay,
+            last_completion_result=s.result if failure is None else s.last_completion_result,
+            continued_failure=failure,
+            run_id=new_run_id,
+        )
+        s.new_run_id = new_run_id
+        return new_run_id
 
     @staticmethod
     def _unaddressed_updates(s: ExecutionState, commands: list[C.Command]) -> bool:
@@ -675,15 +754,31 @@ class HistoryEngine:
                     )
             case C.CompleteWorkflowExecution():
                 s.result = command.result
-                b.add(E.WorkflowExecutionCompleted, result=command.result, workflow_task_completed_event_id=wft_completed_id)
+                new_run_id = self._next_run(b, None)
+                b.add(
+                    E.WorkflowExecutionCompleted,
+                    result=command.result,
+                    workflow_task_completed_event_id=wft_completed_id,
+                    new_run_id=new_run_id,
+                )
                 b.close(WorkflowExecutionStatus.COMPLETED, retention_days=self.retention_days)
             case C.FailWorkflowExecution():
                 s.failure = command.failure
+                new_run_id = self._next_run(b, command.failure)
+                if b.follow_up_start is not None and b.follow_up_start.attempt > 1:
+                    retry_state = RetryState.IN_PROGRESS
+                elif s.retry_policy is None:
+                    retry_state = RetryState.RETRY_POLICY_NOT_SET
+                elif command.failure.non_retryable or command.failure.type in s.retry_policy.non_retryable_error_types:
+                    retry_state = RetryState.NON_RETRYABLE_FAILURE
+                else:
+                    retry_state = RetryState.MAXIMUM_ATTEMPTS_REACHED
                 b.add(
                     E.WorkflowExecutionFailed,
                     failure=command.failure,
-                    retry_state=RetryState.RETRY_POLICY_NOT_SET,
+                    retry_state=retry_state,
                     workflow_task_completed_event_id=wft_completed_id,
+                    new_run_id=new_run_id,
                 )
                 b.close(WorkflowExecutionStatus.FAILED, retention_days=self.retention_days)
             case C.CancelWorkflowExecution():
@@ -1001,9 +1096,12 @@ class HistoryEngine:
         b = self._builder(state, now)
         b.state.workflow_task = None
         b.flush_buffer()
-        b.add(E.WorkflowExecutionTimedOut, retry_state=RetryState.TIMEOUT)
+        new_run_id = None
+        if timer.kind == TimerKind.WORKFLOW_RUN_TIMEOUT:
+            new_run_id = self._next_run(b, Failure(message="workflow run timed out", kind="timeout", timeout_type="StartToClose"))
+        b.add(E.WorkflowExecutionTimedOut, retry_state=RetryState.TIMEOUT, new_run_id=new_run_id)
         b.close(WorkflowExecutionStatus.TIMED_OUT, retention_days=self.retention_days)
-        return b.mutation()
+        return self._finish(b)
 
     # children and external workflows --------------------------------------------------
     def child_started(self, state: ExecutionState, initiated_event_id: int, run_id: str, *, now: float) -> Mutation:

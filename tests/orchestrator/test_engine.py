@@ -401,3 +401,43 @@ def test_any_sequence_keeps_history_well_formed(ops: list[str]) -> None:
     inputs_after = [e for e in run.history[last_wft_done + 1 :] if e.event_type in (ET.WORKFLOW_EXECUTION_SIGNALED, ET.ACTIVITY_TASK_COMPLETED, ET.TIMER_FIRED)]
     if inputs_after and run.state.is_open:
         assert run.state.workflow_task is not None
+
+
+def test_cron_run_completes_and_schedules_the_next_run_with_the_same_id() -> None:
+    run = Run(cron_schedule="@every 60s")
+    assert run.types() == ["WorkflowExecutionStarted"]  # the first run waits for the schedule
+    backoff = run.timer(TimerKind.WORKFLOW_BACKOFF)
+    assert backoff.fire_time == run.now + 60
+    run.now = backoff.fire_time
+    run.apply(engine.workflow_backoff_fired(run.state, backoff, now=run.now))
+    m = run.complete(C.CompleteWorkflowExecution(result=1))
+    closed = m.events[-1]
+    assert isinstance(closed, E.WorkflowExecutionCompleted) and closed.new_run_id
+    nxt = m.follow_up
+    assert nxt is not None and nxt.state.workflow_id == "wf-1" and nxt.state.run_id == closed.new_run_id
+    assert nxt.state.cron_schedule == "@every 60s" and nxt.state.last_completion_result == 1
+    started = nxt.events[0]
+    assert isinstance(started, E.WorkflowExecutionStarted) and started.continued_from_run_id == run.state.run_id
+    assert [t.kind for t in nxt.timer_tasks if t.kind == TimerKind.WORKFLOW_BACKOFF]
+
+
+def test_invalid_cron_is_a_clear_error() -> None:
+    from orchestrator.errors import InvalidArgumentError
+
+    with pytest.raises(InvalidArgumentError, match="invalid cron schedule"):
+        Run(cron_schedule="every tuesday")
+
+
+def test_workflow_retry_policy_starts_a_new_attempt_after_back_off() -> None:
+    run = Run(retry_policy=RetryPolicySpec(initial_interval=5.0, maximum_attempts=2))
+    m = run.complete(C.FailWorkflowExecution(failure=Failure(message="boom")))
+    failed = m.events[-1]
+    assert isinstance(failed, E.WorkflowExecutionFailed) and failed.retry_state == "InProgress" and failed.new_run_id
+    assert m.follow_up is not None and m.follow_up.state.attempt == 2
+    backoff = next(t for t in m.follow_up.timer_tasks if t.kind == TimerKind.WORKFLOW_BACKOFF)
+    assert backoff.fire_time == run.now + 5.0
+    second = Run.__new__(Run)
+    second.now, second.state, second.history, second.last = backoff.fire_time, m.follow_up.state, list(m.follow_up.events), m.follow_up
+    second.apply(engine.workflow_backoff_fired(second.state, backoff, now=second.now))
+    m2 = second.complete(C.FailWorkflowExecution(failure=Failure(message="boom again")))
+    assert m2.follow_up is None and m2.events[-1].retry_state == "MaximumAttemptsReached"  # type: ignore[union-attr]
