@@ -7,7 +7,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[dev]'
+.venv/bin/python -m pip install -q -e '.[dev,mongo,rabbitmq,kafka,sqs]'
 if [ -f scripts/install-services.sh ]; then
   bash scripts/install-services.sh
 fi
