@@ -225,7 +225,7 @@ class HistoryStore(abc.ABC):
 
 
 async def open_store(url: str) -> HistoryStore:
-    """Open a store by URL: ``memory://``, ``sqlite:///path/file.db``, ``mongodb://...``."""
+    """Open a store by URL: ``memory://``, ``sqlite:///path/file.db``, ``mongodb://`` or ``mongodb+srv://``."""
     if url.startswith("memory://"):
         from orchestrator.persistence.memory import MemoryHistoryStore
 
@@ -238,4 +238,18 @@ async def open_store(url: str) -> HistoryStore:
         store = SqliteHistoryStore(path or ":memory:")
         await store.open()
         return store
-    raise StoreError(f"unknown store URL {url!r}; use memory://, sqlite:///path/to/file.db or mongodb://...")
+    if url.startswith(("mongodb://", "mongodb+srv://")):
+        try:
+            from orchestrator.persistence.mongo import MongoHistoryStore
+        except ImportError as exc:
+            raise StoreError(
+                f"the MongoDB store needs PyMongo ({exc}); install it with `pip install 'saga-orchestrator[mongo]'`"
+            ) from exc
+
+        mongo = MongoHistoryStore(url)
+        await mongo.open()
+        return mongo
+    raise StoreError(
+        f"unknown store URL {url!r}; use memory://, sqlite:///path/to/file.db, "
+        "mongodb://host/db?replicaSet=rs0 or mongodb+srv://..."
+    )

@@ -48,6 +48,8 @@ from orchestrator.api.tasks import TimerTask, TransferTask
 from orchestrator.history.state import ExecutionState
 from orchestrator.persistence import _codec
 from orchestrator.persistence._visibility_query import (
+    SQLITE_JULIAN_EPOCH,
+    Condition,
     VisibilityQuery,
     check_page_size,
     page_token,
@@ -712,13 +714,54 @@ def _visibility_where(query: VisibilityQuery) -> tuple[str, tuple[Any, ...]]:
     if query.start_time_before is not None:
         clauses.append("start_time < ?")
         params.append(query.start_time_before)
+    for cond in query.conditions:  # column names and operators come from fixed lists
+        clauses.append(_comparison(cond.field, cond, params))
+    for cond in query.search_attributes:
+        clauses.append(_attribute_clause(cond, params))
     if query.after is not None:
         neg_start, run_id, workflow_id = query.after
+        # "start_time <= ?" on its own lets SQLite seek the (namespace, start_time) index.
         clauses.append(
+            "start_time <= ? AND "
             "(start_time < ? OR (start_time = ? AND (run_id > ? OR (run_id = ? AND workflow_id > ?))))"
         )
-        params += [-neg_start, -neg_start, run_id, run_id, workflow_id]
+        params += [-neg_start, -neg_start, -neg_start, run_id, run_id, workflow_id]
     return " AND ".join(clauses), tuple(params)
+
+
+_JSON_TYPES = {"string": "= 'text'", "number": "IN ('integer', 'real')"}
+
+
+def _comparison(expr: str, cond: Condition, params: list[Any]) -> str:
+    """``expr op ?`` for a validated condition (``expr`` is SQL built from fixed parts)."""
+    if cond.op == "starts_with":
+        prefix = str(cond.operand)
+        params += [len(prefix), prefix]
+        return f"substr({expr}, 1, ?) = ?"
+    params.append(cond.operand)
+    return f"{expr} {cond.op} ?"
+
+
+def _attribute_clause(cond: Condition, params: list[Any]) -> str:
+    """A search-attribute condition with the semantics of ``Condition.holds`` (see ``_visibility_query``)."""
+    path = f'$."{cond.field}"'  # the name is validated: letters, digits, '_'
+    kind = cond.kind
+    if kind == "bool":
+        params += [path, "true" if cond.value == (cond.op == "=") else "false"]
+        return "json_type(search_attributes, ?) = ?"
+    value = "json_extract(search_attributes, ?)"
+    if kind == "datetime":
+        # Only strings that start like an ISO date and name a real day; then epoch milliseconds.
+        params += [path, path, path, path, path]
+        guard = (
+            f"json_type(search_attributes, ?) = 'text' "
+            f"AND {value} GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*' "
+            f"AND date(substr({value}, 1, 10), '+0 days') = substr({value}, 1, 10)"
+        )
+        millis = f"CAST(round((julianday({value}) - {SQLITE_JULIAN_EPOCH}) * 86400000.0) AS INTEGER)"
+        return f"({guard} AND {_comparison(millis, cond, params)})"
+    params += [path, path]
+    return f"(json_type(search_attributes, ?) {_JSON_TYPES[kind]} AND {_comparison(value, cond, params)})"
 
 
 def _visibility_row(r: VisibilityRecord) -> tuple[Any, ...]:

@@ -1,21 +1,34 @@
 """Backends for the store contract suite, and builders of minimal valid store inputs.
 
 Every backend in :data:`STORE_BACKENDS` runs the whole of
-``HistoryStoreContract``. To add one (MongoDB is next), append a
-:class:`StoreBackend` whose ``open`` returns a fresh, empty store for each
-test; give ``reopen`` if the store is durable and ``insert_raw_event`` if the
-test can write a stored event row by hand. :func:`_mongo_backends` is the
-place for MongoDB: it adds the backend only when ``SAGAS_TEST_MONGODB_URL``
-names a replica set to test against.
+``HistoryStoreContract``. To add one, append a :class:`StoreBackend` whose
+``open`` returns a fresh, empty store for each test; give ``reopen`` if the
+store is durable and ``insert_raw_event`` if the test can write a stored event
+row by hand.
+
+MongoDB (backend ``mongo``) runs against ``SAGAS_TEST_MONGODB_URL`` when it is
+set (a real replica set, ``mongodb://host:port/?replicaSet=rs0``), otherwise
+against the SecantusDB stand-in (see ``shared/SERVICES.md``), which
+:func:`mongo_server_url` starts once per test session as a subprocess. Each
+test gets a database of its own. When the stand-in cannot start, the MongoDB
+tests are skipped, except in CI (``CI=true``), where they fail.
 """
 
 from __future__ import annotations
 
+import atexit
+import importlib.util
 import json
 import os
+import re
+import shutil
 import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -103,23 +116,163 @@ async def _open_instrumented_sqlite(tmp_path: Path) -> HistoryStore:
     return InstrumentedHistoryStore(RetryingHistoryStore(await _open_sqlite(tmp_path), initial_backoff=0))
 
 
-def _mongo_backends() -> list[StoreBackend]:
-    """The MongoDB backend, when ``SAGAS_TEST_MONGODB_URL`` (``mongodb://host/?replicaSet=rs0``) is set.
+# MongoDB -------------------------------------------------------------------------
+class SecantusServer:
+    """The SecantusDB stand-in for MongoDB, as a subprocess on 127.0.0.1 (a one-node replica set).
 
-    Each test gets its own database. When ``orchestrator.persistence.mongo``
-    lands, give it an ``insert_raw_event`` that inserts into its events
-    collection, and ``open_store`` a ``mongodb://`` branch.
+    It picks its own free port (``--port 0``) and reports it in its log;
+    :meth:`start` waits until the port answers ``ping``, polling, never sleeping
+    a fixed time.
     """
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.workdir: Path | None = None
+        self.port: int | None = None
+
+    @property
+    def log_tail(self) -> str:
+        log = self.workdir / "server.log" if self.workdir else None
+        return log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
+
+    def start(self, timeout: float = 60.0) -> None:
+        from pymongo import MongoClient
+        from pymongo.errors import PyMongoError
+
+        self.workdir = Path(tempfile.mkdtemp(prefix="sagas-secantus-"))
+        with open(self.workdir / "server.log", "wb") as log:
+            # `python -m secantus` is the `secantusd-py` command, from this interpreter's environment.
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "secantus",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    "0",
+                    "--storage-path",
+                    str(self.workdir / "data"),
+                    "--log-level",
+                    "INFO",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"SecantusDB exited with {self.proc.returncode}:\n{self.log_tail}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError(f"SecantusDB did not answer within {timeout} s:\n{self.log_tail}")
+            if self.port is None:
+                found = re.search(r"listening on 127\.0\.0\.1:(\d+)", self.log_tail)
+                self.port = int(found.group(1)) if found else None
+            if self.port is not None:
+                client: MongoClient[dict[str, Any]] = MongoClient(
+                    self.url("admin"), serverSelectionTimeoutMS=250, connectTimeoutMS=250
+                )
+                try:
+                    client.admin.command("ping")
+                    return
+                except PyMongoError:
+                    pass
+                finally:
+                    client.close()
+            time.sleep(0.02)  # poll interval
+
+    def url(self, database: str) -> str:
+        return f"mongodb://127.0.0.1:{self.port}/{database}?replicaSet=secantus&directConnection=true"
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.proc = None
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
+
+
+_secantus: SecantusServer | None = None
+
+
+def stop_mongo_server() -> None:
+    """Stop the stand-in if this session started it (idempotent)."""
+    global _secantus
+    if _secantus is not None:
+        _secantus.stop()
+        _secantus = None
+
+
+def mongo_server_url(database: str) -> str:
+    """A URL of ``database`` on the MongoDB the tests use; skips (fails in CI) when there is none.
+
+    ``SAGAS_TEST_MONGODB_URL`` (``mongodb://host:port/?replicaSet=rs0``) names a
+    real replica set; without it the SecantusDB stand-in is started, once.
+    """
+    global _secantus
     url = os.environ.get("SAGAS_TEST_MONGODB_URL")
-    if not url:
-        return []
-    host, _, query = url.partition("?")
+    if url:
+        host, _, query = url.partition("?")
+        host = host.split("://", 1)[0] + "://" + host.split("://", 1)[1].split("/", 1)[0]
+        return f"{host}/{database}?{query}"
+    if _secantus is None:
+        in_ci = os.environ.get("CI", "").lower() == "true"
+        if importlib.util.find_spec("secantus") is None or importlib.util.find_spec("pymongo") is None:
+            reason = "SecantusDB==0.7.0b3 and pymongo are not installed (run scripts/install-services.sh)"
+            if in_ci:
+                pytest.fail(f"CI=true and the MongoDB stand-in is missing: {reason}", pytrace=False)
+            pytest.skip(reason)
+        server = SecantusServer()
+        try:
+            server.start()
+        except (OSError, RuntimeError, TimeoutError) as exc:
+            server.stop()
+            if in_ci:
+                pytest.fail(f"CI=true and the MongoDB stand-in did not start: {exc}", pytrace=False)
+            pytest.skip(f"the MongoDB stand-in did not start: {exc}")
+        _secantus = server
+        atexit.register(stop_mongo_server)  # a backstop; the session fixture below stops it first
+    return _secantus.url(database)
 
-    async def open_mongo(tmp_path: Path) -> HistoryStore:
-        database = f"sagas_test_{uuid.uuid5(uuid.NAMESPACE_URL, str(tmp_path)).hex[:12]}"
-        return await open_store(f"{host.rstrip('/')}/{database}?{query}")
 
-    return [StoreBackend("mongodb", open_mongo, reopen=open_mongo)]
+@pytest.fixture(scope="session", autouse=True)
+def _mongo_server_lifetime() -> Iterator[None]:
+    yield
+    stop_mongo_server()
+
+
+def _mongo_database(tmp_path: Path) -> str:
+    # One database per test (tmp_path is per test); reopen finds the same one.
+    return f"sagas_test_{uuid.uuid5(uuid.NAMESPACE_URL, str(tmp_path)).hex[:12]}"
+
+
+async def _open_mongo(tmp_path: Path) -> HistoryStore:
+    return await open_store(mongo_server_url(_mongo_database(tmp_path)))
+
+
+async def _raw_mongo_event(store: HistoryStore, key: RunKey, data: dict[str, Any]) -> None:
+    from orchestrator.persistence.mongo import MongoHistoryStore
+
+    inner = innermost(store)
+    assert isinstance(inner, MongoHistoryStore)
+    namespace, workflow_id, run_id = key
+    await inner._coll("history_events").insert_one(
+        {
+            "namespace": namespace,
+            "workflow_id": workflow_id,
+            "run_id": run_id,
+            "event_id": data["event_id"],
+            "data": json.dumps(data),
+        }
+    )
 
 
 STORE_BACKENDS: list[StoreBackend] = [
@@ -132,7 +285,7 @@ STORE_BACKENDS: list[StoreBackend] = [
         reopen=_open_sqlite,
         insert_raw_event=_raw_sqlite_event,
     ),
-    *_mongo_backends(),
+    StoreBackend("mongo", _open_mongo, reopen=_open_mongo, insert_raw_event=_raw_mongo_event),
 ]
 
 
