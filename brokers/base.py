@@ -132,6 +132,18 @@ async def open_broker(url: str) -> Broker:
         from brokers.local import LocalBrokerClient
 
         broker = LocalBrokerClient.from_url(url)
+    elif scheme in ("amqp", "amqps"):
+        from brokers.rabbitmq import RabbitMQBroker
+
+        broker = RabbitMQBroker.from_url(url)
+    elif scheme == "kafka":
+        from brokers.kafka import KafkaBroker
+
+        broker = KafkaBroker.from_url(url)
+    elif scheme == "sqs":
+        from brokers.sqs import SQSBroker
+
+        broker = SQSBroker.from_url(url)
     else:
         raise BrokerError(
             f"unknown broker URL scheme {scheme!r} in {url!r}; use memory://, local://host:port, "

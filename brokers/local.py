@@ -11,12 +11,17 @@ worker process never loads the server.
     [d] = await broker.receive("sagas.default.trips.act", wait=20.0)
     await broker.ack(d)
 
-Options in the URL query string: ``tls=1`` (HTTPS), ``timeout=SECONDS``
-(per-request timeout on top of the long-poll wait, default 10).
+Options in the URL query string: ``tls=1`` (HTTPS), ``tls_ca=PATH`` (verify
+the server with this CA instead of the system's), ``timeout=SECONDS``
+(per-request timeout on top of the long-poll wait, default 10). When the
+server requires credentials, :meth:`LocalBrokerClient.from_url` sends the
+``SAGAS_API_KEY`` environment variable as a bearer token. SDK workers need
+none of this: they reuse their client's address, credentials and TLS.
 """
 
 from __future__ import annotations
 
+import os
 import ssl
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -52,11 +57,15 @@ class LocalBrokerClient(Broker):
         verify: ssl.SSLContext | bool = True,
         request_timeout: float = 10.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        sni_hostname: str | None = None,
     ) -> None:
-        """``base_url`` is the server's root, e.g. ``http://127.0.0.1:7233``."""
+        """``base_url`` is the server's root, e.g. ``http://127.0.0.1:7233``; ``headers`` carry the
+        credentials (``authorization``), ``verify`` the TLS context, ``sni_hostname`` the name the
+        server certificate is checked against when it is not the URL's host."""
         self.base_url = base_url.rstrip("/")
         self._headers = dict(headers or {})
         self._verify = verify
+        self._extensions: dict[str, Any] = {"sni_hostname": sni_hostname} if sni_hostname else {}
         self._request_timeout = request_timeout
         self._transport = transport
         self._http: httpx.AsyncClient | None = None
@@ -78,8 +87,16 @@ class LocalBrokerClient(Broker):
             raise BrokerError(
                 f"broker URL {url!r} names no server; use local://host:port, e.g. local://127.0.0.1:7233"
             )
-        http_scheme = "https" if options.get("tls", "").lower() in ("1", "true", "yes") else "http"
+        tls_ca = options.get("tls_ca")
+        http_scheme = "https" if tls_ca or options.get("tls", "").lower() in ("1", "true", "yes") else "http"
         timeout = float(options.get("timeout", "10"))
+        if tls_ca and verify is True:
+            try:
+                verify = ssl.create_default_context(cafile=tls_ca)
+            except (OSError, ssl.SSLError) as exc:
+                raise BrokerError(f"broker URL {url!r}: cannot load tls_ca {tls_ca!r}: {exc}") from exc
+        if headers is None and (api_key := os.environ.get("SAGAS_API_KEY")):
+            headers = {"authorization": f"Bearer {api_key}"}
         return cls(f"{http_scheme}://{host}", headers=headers, verify=verify, request_timeout=timeout)
 
     # -- lifecycle ---------------------------------------------------------
@@ -177,6 +194,7 @@ class LocalBrokerClient(Broker):
                 headers={"content-type": "application/json"} if body is not None else None,
                 params=params,
                 timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+                extensions=self._extensions or None,
             )
         except httpx.TimeoutException as exc:
             raise BrokerError(

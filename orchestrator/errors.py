@@ -14,6 +14,9 @@ malformed_json              400    the request body is not JSON
 payload_too_large           413    a payload is over the namespace's limit
 workflow_not_found          404    no run with that workflow id / run id
 namespace_not_found         404    no such namespace
+namespace_already_exists    409    a namespace of that name is registered
+unauthenticated             401    no credentials, or they are invalid/expired
+permission_denied           403    the caller's roles do not allow this
 workflow_already_started    409    a run with that workflow id is running
 workflow_not_running        409    the run is closed (signal, cancel, ...)
 stale_task                  409    the task was already completed or timed out
@@ -66,6 +69,29 @@ class NamespaceNotFoundError(OrchestratorError):
     default_hint = "Register the namespace first, or use 'default'."
 
 
+class NamespaceAlreadyExistsError(OrchestratorError):
+    code, http_status = "namespace_already_exists", 409
+    default_hint = "Update it with PATCH /api/v1/namespaces/{ns}, or choose another name."
+
+
+class UnauthenticatedError(OrchestratorError):
+    """No credentials where they are required, or credentials that do not verify."""
+
+    code, http_status = "unauthenticated", 401
+    default_hint = "Send `Authorization: Bearer <token or API key>` (`Client.connect(..., api_key=...)`, `--api-key`)."
+
+
+class PermissionDeniedError(OrchestratorError):
+    """The caller is known but its roles do not allow the request.
+
+    The message names only the permission and the namespace of the request,
+    never whether a workflow exists there.
+    """
+
+    code, http_status = "permission_denied", 403
+    default_hint = "Ask an administrator for a role on this namespace (reader, writer, worker or admin)."
+
+
 class WorkflowAlreadyStartedError(OrchestratorError):
     code, http_status = "workflow_already_started", 409
     default_hint = "Use another workflow id, or a different id reuse policy."
@@ -107,8 +133,21 @@ class UnavailableError(OrchestratorError):
     default_hint = "Retry later; check the store and broker are up."
 
 
+class ConfigurationError(OrchestratorError):
+    """The server's configuration is unsafe or inconsistent; raised at startup, never to API callers."""
+
+    code, http_status = "invalid_configuration", 500
+
+
 class RateLimitedError(OrchestratorError):
+    """The namespace's request rate is over its limit; ``retry_after`` seconds until a token is free."""
+
     code, http_status = "rate_limited", 429
+    default_hint = "Slow down and retry after the number of seconds in the Retry-After header."
+
+    def __init__(self, message: str, *, retry_after: float, hint: str = "") -> None:
+        super().__init__(message, hint=hint, details={"retry_after": retry_after})
+        self.retry_after = retry_after
 
 
 ERRORS_BY_CODE: dict[str, type[OrchestratorError]] = {
@@ -119,6 +158,9 @@ ERRORS_BY_CODE: dict[str, type[OrchestratorError]] = {
         PayloadTooLargeError,
         WorkflowNotFoundError,
         NamespaceNotFoundError,
+        NamespaceAlreadyExistsError,
+        UnauthenticatedError,
+        PermissionDeniedError,
         WorkflowAlreadyStartedError,
         WorkflowNotRunningError,
         StaleTaskError,
@@ -128,6 +170,7 @@ ERRORS_BY_CODE: dict[str, type[OrchestratorError]] = {
         UpdateRejectedError,
         UnsupportedEventVersionError,
         UnavailableError,
+        ConfigurationError,
         RateLimitedError,
     )
 }

@@ -18,6 +18,9 @@ class _Metrics:
     workflows_started: Counter
     http_requests: Counter
     open_workflows: Gauge
+    history_stream_published: Counter
+    history_stream_dropped: Counter
+    history_stream_lag: Gauge
 
 
 METRICS = _Metrics(
@@ -35,4 +38,15 @@ METRICS = _Metrics(
     workflows_started=Counter("sagas_workflows_started_total", "Workflow runs started"),
     http_requests=Counter("sagas_http_requests_total", "Frontend requests", ["route", "status"]),
     open_workflows=Gauge("sagas_open_workflows", "Open runs in the history cache"),
+    history_stream_published=Counter(
+        "sagas_history_stream_published_total", "History events published to the {prefix}.history stream"
+    ),
+    history_stream_dropped=Counter(
+        "sagas_history_stream_dropped_total",
+        "History events not published to the best-effort history stream (republish them from the store)",
+        ["reason"],
+    ),
+    history_stream_lag=Gauge(
+        "sagas_history_stream_lag_seconds", "Age of the oldest committed event not yet published to the history stream"
+    ),
 )

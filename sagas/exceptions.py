@@ -20,8 +20,11 @@ Users catch these, never a third-party library's exceptions. The hierarchy::
     ├── WorkflowFailureError               client: the workflow failed (.cause)
     ├── WorkflowQueryFailedError           client: the query handler raised
     ├── WorkflowUpdateFailedError          client: the update failed (.cause)
+    ├── InvalidScheduleError               client: a schedule's spec/action/policy is wrong
+    ├── ScheduleAlreadyRunningError        client: a schedule with that id exists
     └── RPCError                           client: the server refused a call
-        └── WorkflowNotFoundError          client: no such workflow run
+        ├── WorkflowNotFoundError          client: no such workflow run
+        └── ScheduleNotFoundError          client: no such schedule (or it was deleted)
 
 Inside a workflow, raising a :class:`FailureError` fails the workflow; any
 other exception fails only the workflow *task*, which is retried (so a bug
@@ -55,11 +58,14 @@ __all__ = [
     "CancelledError",
     "ChildWorkflowError",
     "FailureError",
+    "InvalidScheduleError",
     "NondeterminismError",
     "PayloadSizeError",
     "RPCError",
     "SagaCompensationError",
     "SagasError",
+    "ScheduleAlreadyRunningError",
+    "ScheduleNotFoundError",
     "ServerError",
     "TerminatedError",
     "TimeoutError",
@@ -309,7 +315,33 @@ class NondeterminismError(SagasError):
     command the code produced (with the source line when known). Usually the
     workflow code changed in a way that is not replay-safe; guard the change
     with ``workflow.patched(...)``.
+
+    The same facts are attributes, for tools (``sagas workflow replay``,
+    ``sagas.testing.replay``); each is ``None`` when it does not apply:
+
+    * ``event_id``: the history event where replay diverged;
+    * ``recorded``: what history recorded there, e.g.
+      ``ActivityTaskScheduled(activity_id='1', activity_type='book_car')``;
+    * ``produced``: the command the code produced instead, e.g.
+      ``ScheduleActivityTask(activity_id='1', activity_type='book_hotel')``;
+    * ``source``: ``file:line in function`` of the workflow code that produced
+      that command (or, when it produced none, where the workflow was waiting).
     """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        event_id: int | None = None,
+        recorded: str | None = None,
+        produced: str | None = None,
+        source: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.event_id = event_id
+        self.recorded = recorded
+        self.produced = produced
+        self.source = source
 
 
 class WorkflowFailureError(SagasError):
@@ -358,6 +390,38 @@ class WorkflowNotFoundError(RPCError):
 
     def __init__(self, message: str, code: str = "workflow_not_found", status: int = 404) -> None:
         super().__init__(message, code, status)
+
+
+class ScheduleNotFoundError(RPCError):
+    """No schedule with that id: it was never created, or it was deleted (``.schedule_id``)."""
+
+    def __init__(self, schedule_id: str) -> None:
+        super().__init__(
+            f"schedule {schedule_id!r} does not exist (never created, or deleted); "
+            "see the existing ones with client.list_schedules() or 'sagas schedule list'",
+            "schedule_not_found",
+            404,
+        )
+        self.schedule_id = schedule_id
+
+
+class ScheduleAlreadyRunningError(SagasError):
+    """``create_schedule`` was given the id of a schedule that exists (``.schedule_id``)."""
+
+    def __init__(self, schedule_id: str) -> None:
+        super().__init__(
+            f"schedule {schedule_id!r} already exists; change it with get_schedule_handle(id).update(...), "
+            "or delete it first"
+        )
+        self.schedule_id = schedule_id
+
+
+class InvalidScheduleError(SagasError, ValueError):
+    """A schedule (or schedule change) names something invalid: a cron string that does not parse,
+    an unknown time zone, a non-positive interval, a missing workflow id or task queue...
+
+    The message names the field and the value, and says what is accepted.
+    """
 
 
 def is_cancelled_error(err: BaseException) -> bool:

@@ -6,6 +6,10 @@ All paths are under ``/api/v1``; ``{ns}`` is a namespace name.
 | method | path | body -> response |
 |---|---|---|
 | GET  | /cluster | -> :class:`ClusterInfo` |
+| POST | /namespaces | :class:`RegisterNamespaceRequest` -> :class:`NamespaceInfo` (admin) |
+| GET  | /namespaces | -> :class:`ListNamespacesResponse` (those the caller may read) |
+| GET  | /namespaces/{ns} | -> :class:`NamespaceInfo` |
+| PATCH | /namespaces/{ns} | :class:`UpdateNamespaceRequest` -> :class:`NamespaceInfo` (admin) |
 | POST | /namespaces/{ns}/workflows | :class:`StartWorkflowRequest` -> :class:`StartWorkflowResponse` |
 | GET  | /namespaces/{ns}/workflows?query=&page_size=&next_page_token= | -> :class:`ListWorkflowsResponse` |
 | GET  | /namespaces/{ns}/workflow-count?query= | -> :class:`CountWorkflowsResponse` |
@@ -23,6 +27,11 @@ All paths are under ``/api/v1``; ``{ns}`` is a namespace name.
 | POST | /queues/{queue}/nack | :class:`SettleRequest` -> :class:`Ack` |
 | POST | /queues/{queue}/publish | :class:`PublishRequest` -> :class:`PublishResponse` |
 | GET  | /dlq?limit= | -> :class:`DeadLettersResponse` |
+| POST | /codec/decode | :class:`CodecRequest` -> :class:`CodecResponse` (the payload codec server) |
+| POST | /codec/encode | :class:`CodecRequest` -> :class:`CodecResponse` |
+
+Every route needs a permission on its namespace (``orchestrator.frontend.auth``);
+``/namespaces/{ns}/workflows...`` routes are rate limited per namespace (429).
 
 Errors are JSON :class:`ErrorBody` with a stable ``code`` (see
 ``orchestrator.errors``) and the HTTP status that fits it.
@@ -132,6 +141,8 @@ class DescribeWorkflowResponse(BaseModel):
     input: Payloads = Field(default_factory=list)
     result: Any = None
     failure: Failure | None = None
+    warnings: list[str] = Field(default_factory=list)
+    """E.g. the history is past the namespace's warning threshold: continue-as-new soon."""
 
 
 class HistoryResponse(BaseModel):
@@ -249,3 +260,55 @@ class DeadLetterItem(BaseModel):
 
 class DeadLettersResponse(BaseModel):
     dead_letters: list[DeadLetterItem] = Field(default_factory=list)
+
+
+class NamespaceLimits(BaseModel):
+    """Settings of a namespace that a register or update may set (None: leave as is / cluster default)."""
+
+    description: str | None = None
+    retention_days: float | None = Field(default=None, gt=0)
+    """Days a closed run is kept before its history is deleted."""
+    rate_limit_rps: float | None = Field(default=None, ge=0)
+    """Requests per second on ``/namespaces/{ns}/workflows...`` (token bucket); 0 or None: unlimited."""
+    rate_limit_burst: int | None = Field(default=None, ge=1)
+    """Bucket size (default: the rate rounded up, at least 1)."""
+    max_payload_bytes: int | None = Field(default=None, ge=1)
+    """Largest input/signal/update payload list accepted (cannot exceed the cluster's limit)."""
+    max_history_events: int | None = Field(default=None, ge=10)
+    """A run whose history would grow past this is terminated."""
+    history_warn_events: int | None = Field(default=None, ge=1)
+    """Past this, describe warns: continue-as-new before the hard limit."""
+
+
+class RegisterNamespaceRequest(NamespaceLimits):
+    name: str
+
+
+class UpdateNamespaceRequest(NamespaceLimits):
+    pass
+
+
+class NamespaceInfo(BaseModel):
+    """A namespace with its effective settings (cluster defaults filled in)."""
+
+    name: str
+    description: str = ""
+    retention_days: float
+    rate_limit_rps: float | None = None
+    rate_limit_burst: int | None = None
+    max_payload_bytes: int
+    max_history_events: int | None = None
+    history_warn_events: int | None = None
+
+
+class ListNamespacesResponse(BaseModel):
+    namespaces: list[NamespaceInfo] = Field(default_factory=list)
+
+
+class CodecRequest(BaseModel):
+    namespace: str = "default"
+    payloads: list[Any] = Field(default_factory=list)
+
+
+class CodecResponse(BaseModel):
+    payloads: list[Any] = Field(default_factory=list)

@@ -3,18 +3,27 @@
 Errors are JSON ``{"code", "message", "hint"}`` with a stable code; a body
 that is not JSON, too large, or has wrong fields never reaches the engine, so
 bad input changes nothing in the store.
+
+Every route declares what it needs (``Depends(...)`` below, see
+``orchestrator.frontend.auth``): the caller is authenticated and authorized
+before anything is looked up, so a refusal says nothing about what exists in a
+namespace the caller may not see. ``/namespaces/{ns}/workflows...`` routes
+also take a token from the namespace's rate limit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
+import re
 import uuid
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from brokers import envelope as env
@@ -22,10 +31,22 @@ from brokers.base import Delivery
 from orchestrator.api import http as H
 from orchestrator.errors import (
     InvalidArgumentError,
+    InvalidTaskTokenError,
     OrchestratorError,
     PayloadTooLargeError,
+    RateLimitedError,
+    UnauthenticatedError,
     UpdateRejectedError,
 )
+from orchestrator.frontend.auth import (
+    FrontendAuth,
+    Permission,
+    Target,
+    permission_check,
+    queue_target,
+)
+from orchestrator.frontend.codec import add_codec_routes, codec_lookup
+from orchestrator.frontend.ratelimit import NamespaceRateLimiter
 from orchestrator.history.engine import StartRequest
 from orchestrator.history.state import ExecutionState
 from orchestrator.metrics import METRICS
@@ -36,9 +57,15 @@ if TYPE_CHECKING:
 SERVER_VERSION = "0.1.0"
 
 
-def _error(exc: OrchestratorError) -> JSONResponse:
+def error_response(exc: OrchestratorError) -> JSONResponse:
+    """The JSON error body of ``exc`` (with ``Retry-After`` / ``WWW-Authenticate`` where they apply)."""
     body = H.ErrorBody(code=exc.code, message=exc.message, hint=exc.hint, details=exc.details)
-    return JSONResponse(body.model_dump(), status_code=exc.http_status)
+    headers: dict[str, str] = {}
+    if isinstance(exc, RateLimitedError):
+        headers["retry-after"] = str(max(1, math.ceil(exc.retry_after)))
+    elif isinstance(exc, UnauthenticatedError):
+        headers["www-authenticate"] = 'Bearer realm="sagas"'
+    return JSONResponse(body.model_dump(), status_code=exc.http_status, headers=headers)
 
 
 def _info(s: ExecutionState) -> H.WorkflowExecutionInfo:
@@ -68,20 +95,60 @@ def create_app(orc: Orchestrator) -> FastAPI:
     )
     history, engine = orc.history, orc.history.engine
     max_body = orc.max_payload_bytes
+    auth: FrontendAuth = orc.auth
+    limiter = NamespaceRateLimiter(orc.namespaces.rate_limit)
+
+    # authorization: each route declares what it needs -----------------------------------------
+    caller = auth.caller  # the caller's claims (None: anonymous, or authorization is off)
+
+    def on_namespace(permission: Permission, *, rate_limited: bool = True) -> Any:
+        """Dependency of a ``/namespaces/{ns}/...`` route: ``permission`` on ``ns``, then a rate-limit token."""
+
+        @permission_check
+        async def check(ns: str, request: Request) -> None:
+            auth.require(caller(request), Target.on(permission, ns))
+            await orc.namespaces.refresh_if_stale()
+            if rate_limited:
+                limiter.check(ns)
+
+        return Depends(check)
+
+    def on_queue(operation: str) -> Any:
+        """Dependency of a built-in broker route: worker on the queue's namespace (see ``queue_target``)."""
+
+        @permission_check
+        def check(queue: str, request: Request) -> None:
+            auth.require(caller(request), queue_target(orc.prefix, queue, operation))
+
+        return Depends(check)
+
+    def on_cluster(target: Target) -> Any:
+        """Dependency of a route that needs ``target`` regardless of namespace."""
+
+        @permission_check
+        def check(request: Request) -> None:
+            auth.require(caller(request), target)
+
+        return Depends(check)
+
+    read = on_namespace(Permission.READ)
+    write = on_namespace(Permission.WRITE)
 
     @app.exception_handler(OrchestratorError)
     async def _orc_error(_: Request, exc: OrchestratorError) -> JSONResponse:
-        return _error(exc)
+        return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         if any(e.get("type") == "json_invalid" for e in errors):
-            return _error(_MalformedJson("request body is not valid JSON"))
+            return error_response(_MalformedJson("request body is not valid JSON"))
         parts = [f"{'.'.join(str(p) for p in e['loc'] if p != 'body')}: {e['msg']}" for e in errors[:3]]
-        return _error(InvalidArgumentError("; ".join(parts) or "invalid request"))
+        return error_response(InvalidArgumentError("; ".join(parts) or "invalid request"))
 
     app.add_middleware(_BodyLimit, max_bytes=max_body + 64 * 1024)
+    if auth.enabled:
+        app.add_middleware(_PageGuard, auth=auth)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -101,20 +168,53 @@ def create_app(orc: Orchestrator) -> FastAPI:
     else:
         mount_ui(app, orc)
 
-    @app.get("/api/v1/cluster", response_model=H.ClusterInfo)
-    async def cluster() -> H.ClusterInfo:
+    some_reader = on_cluster(Target.on_some_namespace(Permission.READ))
+
+    @app.get("/api/v1/cluster", response_model=H.ClusterInfo, dependencies=[some_reader])
+    async def cluster(request: Request) -> H.ClusterInfo:
+        claims = caller(request)
+        await orc.namespaces.refresh_if_stale()
+        known = set(orc.namespaces.names()) | history.known_namespaces
         return H.ClusterInfo(
             server_version=SERVER_VERSION,
             worker_broker_url=orc.worker_broker_url,
             queue_prefix=orc.prefix,
             max_payload_bytes=max_body,
-            namespaces=sorted(history.known_namespaces),
+            namespaces=sorted(n for n in known if auth.allows(claims, Target.on(Permission.READ, n))),
         )
 
+    # namespaces --------------------------------------------------------------------------------
+    @app.post(
+        "/api/v1/namespaces", response_model=H.NamespaceInfo, status_code=201,
+        dependencies=[on_cluster(Target.on_cluster(Permission.ADMIN))],
+    )
+    async def register_namespace(body: H.RegisterNamespaceRequest) -> H.NamespaceInfo:
+        info = await orc.namespaces.register(body)
+        history.known_namespaces.add(info.name)
+        return info
+
+    @app.get("/api/v1/namespaces", response_model=H.ListNamespacesResponse, dependencies=[some_reader])
+    async def list_namespaces(request: Request) -> H.ListNamespacesResponse:
+        claims = caller(request)
+        return H.ListNamespacesResponse(
+            namespaces=[
+                info for info in await orc.namespaces.list()
+                if auth.allows(claims, Target.on(Permission.READ, info.name))
+            ]
+        )
+
+    @app.get("/api/v1/namespaces/{ns}", response_model=H.NamespaceInfo, dependencies=[on_namespace(Permission.READ, rate_limited=False)])
+    async def describe_namespace(ns: str) -> H.NamespaceInfo:
+        return await orc.namespaces.describe(ns)
+
+    @app.patch("/api/v1/namespaces/{ns}", response_model=H.NamespaceInfo, dependencies=[on_namespace(Permission.ADMIN, rate_limited=False)])
+    async def update_namespace(ns: str, body: H.UpdateNamespaceRequest) -> H.NamespaceInfo:
+        return await orc.namespaces.update(ns, body)
+
     # workflows -------------------------------------------------------------------------------
-    @app.post("/api/v1/namespaces/{ns}/workflows", response_model=H.StartWorkflowResponse)
+    @app.post("/api/v1/namespaces/{ns}/workflows", response_model=H.StartWorkflowResponse, dependencies=[write])
     async def start_workflow(ns: str, body: H.StartWorkflowRequest) -> H.StartWorkflowResponse:
-        orc.check_payload(body.input, "workflow input")
+        orc.check_payload(body.input, "workflow input", ns)
         req = StartRequest(
             namespace=ns,
             workflow_id=body.workflow_id,
@@ -134,7 +234,7 @@ def create_app(orc: Orchestrator) -> FastAPI:
             identity=body.identity,
         )
         if body.signal is not None:
-            orc.check_payload(body.signal.input, "signal input")
+            orc.check_payload(body.signal.input, "signal input", ns)
             req.signal_name, req.signal_input = body.signal.name, body.signal.input
             run_id, started = await history.signal_with_start(req)
         else:
@@ -143,7 +243,7 @@ def create_app(orc: Orchestrator) -> FastAPI:
             METRICS.workflows_started.inc()
         return H.StartWorkflowResponse(run_id=run_id, started=started)
 
-    @app.get("/api/v1/namespaces/{ns}/workflows", response_model=H.ListWorkflowsResponse)
+    @app.get("/api/v1/namespaces/{ns}/workflows", response_model=H.ListWorkflowsResponse, dependencies=[read])
     async def list_workflows(
         ns: str, query: str = "", page_size: int = 100, next_page_token: str | None = None
     ) -> H.ListWorkflowsResponse:
@@ -153,11 +253,11 @@ def create_app(orc: Orchestrator) -> FastAPI:
             next_page_token=page.next_page_token,
         )
 
-    @app.get("/api/v1/namespaces/{ns}/workflow-count", response_model=H.CountWorkflowsResponse)
+    @app.get("/api/v1/namespaces/{ns}/workflow-count", response_model=H.CountWorkflowsResponse, dependencies=[read])
     async def count_workflows(ns: str, query: str = "") -> H.CountWorkflowsResponse:
         return H.CountWorkflowsResponse(count=await orc.visibility.count(ns, query))
 
-    @app.get("/api/v1/namespaces/{ns}/workflows/{wid}", response_model=H.DescribeWorkflowResponse)
+    @app.get("/api/v1/namespaces/{ns}/workflows/{wid}", response_model=H.DescribeWorkflowResponse, dependencies=[read])
     async def describe(ns: str, wid: str, run_id: str = "") -> H.DescribeWorkflowResponse:
         s = await history.get_state(ns, wid, run_id)
         return H.DescribeWorkflowResponse(
@@ -184,9 +284,10 @@ def create_app(orc: Orchestrator) -> FastAPI:
             input=s.input,
             result=s.result,
             failure=s.failure,
+            warnings=_history_warnings(s, *orc.namespaces.history_limits(ns)),
         )
 
-    @app.get("/api/v1/namespaces/{ns}/workflows/{wid}/history", response_model=H.HistoryResponse)
+    @app.get("/api/v1/namespaces/{ns}/workflows/{wid}/history", response_model=H.HistoryResponse, dependencies=[read])
     async def get_history(
         ns: str, wid: str, run_id: str = "", first_event_id: int = 1, page_size: int = 1000
     ) -> H.HistoryResponse:
@@ -198,28 +299,28 @@ def create_app(orc: Orchestrator) -> FastAPI:
         token = str(events[page_size].event_id) if len(events) > page_size else None
         return H.HistoryResponse(events=[e.model_dump(mode="json") for e in events[:page_size]], next_page_token=token)
 
-    @app.get("/api/v1/namespaces/{ns}/workflows/{wid}/result", response_model=H.WorkflowResultResponse)
+    @app.get("/api/v1/namespaces/{ns}/workflows/{wid}/result", response_model=H.WorkflowResultResponse, dependencies=[read])
     async def result(ns: str, wid: str, run_id: str = "", wait: float = 20.0) -> H.WorkflowResultResponse:
         s = await history.wait_for(ns, wid, run_id, lambda st: not st.is_open, min(max(wait, 0.0), 60.0))
         return H.WorkflowResultResponse(
             status=s.status.value, run_id=s.run_id, result=s.result, failure=s.failure, new_run_id=s.new_run_id
         )
 
-    @app.post("/api/v1/namespaces/{ns}/workflows/{wid}/signal", response_model=H.Ack)
+    @app.post("/api/v1/namespaces/{ns}/workflows/{wid}/signal", response_model=H.Ack, dependencies=[write])
     async def signal(ns: str, wid: str, body: H.SignalRequest) -> H.Ack:
-        orc.check_payload(body.input, "signal input")
+        orc.check_payload(body.input, "signal input", ns)
         await history.update(
             ns, wid, body.run_id,
             lambda s, now: engine.signal(s, body.name, body.input, now=now, request_id=body.request_id, identity=body.identity),
         )
         return H.Ack()
 
-    @app.post("/api/v1/namespaces/{ns}/workflows/{wid}/cancel", response_model=H.Ack)
+    @app.post("/api/v1/namespaces/{ns}/workflows/{wid}/cancel", response_model=H.Ack, dependencies=[write])
     async def cancel(ns: str, wid: str, body: H.CancelRequest) -> H.Ack:
         await history.update(ns, wid, body.run_id, lambda s, now: engine.request_cancel(s, now=now, reason=body.reason, identity=body.identity))
         return H.Ack()
 
-    @app.post("/api/v1/namespaces/{ns}/workflows/{wid}/terminate", response_model=H.Ack)
+    @app.post("/api/v1/namespaces/{ns}/workflows/{wid}/terminate", response_model=H.Ack, dependencies=[write])
     async def terminate(ns: str, wid: str, body: H.TerminateRequest) -> H.Ack:
         await history.update(
             ns, wid, body.run_id,
@@ -227,14 +328,14 @@ def create_app(orc: Orchestrator) -> FastAPI:
         )
         return H.Ack()
 
-    @app.post("/api/v1/namespaces/{ns}/workflows/{wid}/query", response_model=H.QueryWorkflowResponse)
+    @app.post("/api/v1/namespaces/{ns}/workflows/{wid}/query", response_model=H.QueryWorkflowResponse, dependencies=[read])
     async def query(ns: str, wid: str, body: H.QueryWorkflowRequest) -> H.QueryWorkflowResponse:
         value = await orc.matching.query(ns, wid, body.run_id, body.name, body.input, min(body.timeout, 60.0))
         return H.QueryWorkflowResponse(result=value)
 
-    @app.post("/api/v1/namespaces/{ns}/workflows/{wid}/update", response_model=H.UpdateWorkflowResponse)
+    @app.post("/api/v1/namespaces/{ns}/workflows/{wid}/update", response_model=H.UpdateWorkflowResponse, dependencies=[write])
     async def update(ns: str, wid: str, body: H.UpdateWorkflowRequest) -> H.UpdateWorkflowResponse:
-        orc.check_payload(body.input, "update input")
+        orc.check_payload(body.input, "update input", ns)
         update_id = body.update_id or uuid.uuid4().hex
         m = await history.update(ns, wid, body.run_id, lambda s, now: engine.request_update(s, update_id, body.name, body.input, now=now))
         run_id = m.state.run_id
@@ -260,7 +361,10 @@ def create_app(orc: Orchestrator) -> FastAPI:
         return H.UpdateWorkflowResponse(update_id=update_id, stage=stage, result=u.result, failure=u.failure)
 
     # workers -----------------------------------------------------------------------------------
-    @app.post("/api/v1/tasks/complete", response_model=H.Ack)
+    @app.post(
+        "/api/v1/tasks/complete", response_model=H.Ack,
+        dependencies=[on_cluster(Target.on_some_namespace(Permission.WORKER))],
+    )
     async def complete(request: Request) -> H.Ack:
         body = await request.body()
         try:
@@ -271,13 +375,19 @@ def create_app(orc: Orchestrator) -> FastAPI:
             if exc.reason == "malformed_json":
                 raise _MalformedJson(str(exc)) from exc
             raise InvalidArgumentError(str(exc)) from exc
+        try:
+            # The token's signature is checked by the handler; a forged namespace fails there.
+            namespace = env.peek_token(reply.task_token).namespace
+        except env.EnvelopeError as exc:
+            raise InvalidTaskTokenError(str(exc)) from exc
+        auth.require(caller(request), Target.on(Permission.WORKER, namespace))
         cancel_requested = await orc.completions.handle(reply)
         return H.Ack(cancel_requested=cancel_requested)
 
     # the built-in broker, for remote workers ---------------------------------------------------
     broker = orc.broker
 
-    @app.post("/api/v1/queues/{queue}/receive", response_model=H.ReceiveResponse)
+    @app.post("/api/v1/queues/{queue}/receive", response_model=H.ReceiveResponse, dependencies=[on_queue("receive")])
     async def receive(queue: str, body: H.ReceiveRequest, request: Request) -> H.ReceiveResponse:
         deliveries = await _receive_unless_gone(
             request, queue, max(1, min(body.max_messages, 100)), min(max(body.wait, 0.0), 30.0)
@@ -312,21 +422,21 @@ def create_app(orc: Orchestrator) -> FastAPI:
             return []
         return deliveries
 
-    @app.post("/api/v1/queues/{queue}/ack", response_model=H.Ack)
+    @app.post("/api/v1/queues/{queue}/ack", response_model=H.Ack, dependencies=[on_queue("ack")])
     async def ack(queue: str, body: H.SettleRequest) -> H.Ack:
         await broker.ack(Delivery(queue=queue, body=b"", receipt=body.receipt))
         return H.Ack()
 
-    @app.post("/api/v1/queues/{queue}/nack", response_model=H.Ack)
+    @app.post("/api/v1/queues/{queue}/nack", response_model=H.Ack, dependencies=[on_queue("nack")])
     async def nack(queue: str, body: H.SettleRequest) -> H.Ack:
         await broker.nack(Delivery(queue=queue, body=b"", receipt=body.receipt), requeue=body.requeue, reason=body.reason)
         return H.Ack()
 
-    @app.post("/api/v1/queues/{queue}/publish", response_model=H.PublishResponse)
+    @app.post("/api/v1/queues/{queue}/publish", response_model=H.PublishResponse, dependencies=[on_queue("publish")])
     async def publish(queue: str, body: H.PublishRequest) -> H.PublishResponse:
         return H.PublishResponse(message_id=await broker.publish(queue, body.body.encode(), body.headers))
 
-    @app.get("/api/v1/dlq", response_model=H.DeadLettersResponse)
+    @app.get("/api/v1/dlq", response_model=H.DeadLettersResponse, dependencies=[on_cluster(Target.on_cluster(Permission.ADMIN))])
     async def dlq(limit: int = 100) -> H.DeadLettersResponse:
         items = await broker.dead_letters(limit)
         return H.DeadLettersResponse(
@@ -336,7 +446,19 @@ def create_app(orc: Orchestrator) -> FastAPI:
             ]
         )
 
+    add_codec_routes(app, codec_lookup(orc.config.payload_codecs), auth, max_payload_bytes=max_body)
     return app
+
+
+def _history_warnings(s: ExecutionState, hard: int | None, warn: int | None) -> list[str]:
+    length = s.next_event_id - 1
+    if not s.is_open or warn is None or length < warn:
+        return []
+    limit = f"; the run is terminated at {hard} events" if hard is not None else ""
+    return [
+        f"history has {length} events, past the namespace's warning threshold of {warn}{limit}: "
+        "use continue-as-new to start a fresh history"
+    ]
 
 
 class _MalformedJson(InvalidArgumentError):
@@ -355,10 +477,46 @@ class _BodyLimit:
         if scope["type"] == "http":
             length = dict(scope["headers"]).get(b"content-length")
             if length is not None and length.isdigit() and int(length) > self.max_bytes:
-                response = _error(
+                response = error_response(
                     PayloadTooLargeError(f"request body of {int(length)} bytes is over the limit of {self.max_bytes} bytes")
                 )
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
+
+
+_OPEN_PATHS = ("/api/", "/healthz", "/metrics", "/openapi.json", "/docs", "/redoc")
+"""Paths the page guard leaves alone: the API authorizes per route, the rest holds no workflow data."""
+
+_NAMESPACE_PAGE = re.compile(r"^/namespaces/([^/]+)")
+
+
+class _PageGuard:
+    """Authorizes the web UI's pages (which read the store directly) when authorization is on:
+    ``/namespaces/{ns}/...`` needs read on ``ns``, ``/namespaces`` read on every namespace, any
+    other page read on some namespace. The UI has no login: a proxy in front must add the
+    ``Authorization`` header. Pure ASGI, like :class:`_BodyLimit`."""
+
+    def __init__(self, app: ASGIApp, auth: FrontendAuth) -> None:
+        self.app = app
+        self.auth = auth
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope.get("path", "")
+        if scope["type"] == "http" and not path.startswith(_OPEN_PATHS):
+            try:
+                claims = self.auth.authenticate(Headers(scope=scope).get("authorization"))
+                self.auth.require(claims, _page_target(path))
+            except OrchestratorError as exc:
+                await error_response(exc)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _page_target(path: str) -> Target:
+    if match := _NAMESPACE_PAGE.match(path):
+        return Target.on(Permission.READ, match.group(1))
+    if path.rstrip("/") == "/namespaces":
+        return Target.on_cluster(Permission.READ)
+    return Target.on_some_namespace(Permission.READ)

@@ -20,17 +20,16 @@ Rules worth knowing:
 
 from __future__ import annotations
 
-import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from croniter import croniter
-
 from orchestrator.api import commands as C
 from orchestrator.api import events as E
 from orchestrator.api.common import Failure, Payloads, RetryPolicySpec, WorkflowRef
+from orchestrator.api.cron import cron_next_fire
 from orchestrator.api.enums import (
     RetryState,
     TimeoutType,
@@ -70,32 +69,6 @@ _CLOSE_COMMANDS = (
 
 def _ts(now: float) -> datetime:
     return datetime.fromtimestamp(now, UTC)
-
-
-_EVERY = re.compile(r"^@every\s+(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def cron_next_fire(schedule: str, after: float) -> float:
-    """Next fire time (epoch seconds, UTC) of a cron string strictly after ``after``.
-
-    Standard 5-field cron (``"*/5 * * * *"``), 6 fields with seconds first is not
-    accepted; ``@hourly``/``@daily``-style macros and ``@every 30s`` are.
-
-    >>> cron_next_fire("@every 30s", 100.0)
-    130.0
-    """
-    m = _EVERY.match(schedule.strip())
-    if m:
-        return after + float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
-    try:
-        it = croniter(schedule, datetime.fromtimestamp(after, UTC))
-    except (ValueError, KeyError) as exc:
-        raise InvalidArgumentError(
-            f"invalid cron schedule {schedule!r}: {exc}",
-            hint="Use 5 fields (minute hour day-of-month month day-of-week), e.g. '*/15 * * * *', or '@every 30s'.",
-        ) from exc
-    return float(it.get_next(float))
 
 
 @dataclass
@@ -397,6 +370,12 @@ class HistoryEngine:
         self._shard_of = shard_of or (lambda ns, wid: 0)
         self.default_task_timeout = default_task_timeout
         self.retention_days = retention_days
+        self.retention_of: Callable[[str], float] | None = None
+        """Per-namespace retention (the server's namespace registry); ``retention_days`` when None."""
+
+    def retention_days_of(self, namespace: str) -> float:
+        """Days a closed run of ``namespace`` is kept before its history is deleted."""
+        return self.retention_of(namespace) if self.retention_of is not None else self.retention_days
 
     def _builder(self, state: ExecutionState, now: float) -> _Builder:
         return _Builder(state, now, self._shard_of(state.namespace, state.workflow_id))
@@ -527,7 +506,7 @@ class HistoryEngine:
         b.state.workflow_task = None
         b.flush_buffer()
         b.add(E.WorkflowExecutionTerminated, reason=reason, details=details or [], identity=identity)
-        b.close(WorkflowExecutionStatus.TERMINATED, retention_days=self.retention_days)
+        b.close(WorkflowExecutionStatus.TERMINATED, retention_days=self.retention_days_of(b.state.namespace))
         return b.mutation()
 
     def request_update(self, state: ExecutionState, update_id: str, name: str, payloads: Payloads, *, now: float) -> Mutation:
@@ -761,7 +740,7 @@ class HistoryEngine:
                     workflow_task_completed_event_id=wft_completed_id,
                     new_run_id=new_run_id,
                 )
-                b.close(WorkflowExecutionStatus.COMPLETED, retention_days=self.retention_days)
+                b.close(WorkflowExecutionStatus.COMPLETED, retention_days=self.retention_days_of(b.state.namespace))
             case C.FailWorkflowExecution():
                 s.failure = command.failure
                 new_run_id = self._next_run(b, command.failure)
@@ -780,10 +759,10 @@ class HistoryEngine:
                     workflow_task_completed_event_id=wft_completed_id,
                     new_run_id=new_run_id,
                 )
-                b.close(WorkflowExecutionStatus.FAILED, retention_days=self.retention_days)
+                b.close(WorkflowExecutionStatus.FAILED, retention_days=self.retention_days_of(b.state.namespace))
             case C.CancelWorkflowExecution():
                 b.add(E.WorkflowExecutionCanceled, details=command.details, workflow_task_completed_event_id=wft_completed_id)
-                b.close(WorkflowExecutionStatus.CANCELED, retention_days=self.retention_days)
+                b.close(WorkflowExecutionStatus.CANCELED, retention_days=self.retention_days_of(b.state.namespace))
             case C.ContinueAsNewWorkflowExecution():
                 self._continue_as_new(b, command, wft_completed_id)
             case C.RecordMarker():
@@ -942,7 +921,7 @@ class HistoryEngine:
             workflow_task_completed_event_id=wft_completed_id,
         )
         s.new_run_id = new_run_id
-        b.close(WorkflowExecutionStatus.CONTINUED_AS_NEW, retention_days=self.retention_days)
+        b.close(WorkflowExecutionStatus.CONTINUED_AS_NEW, retention_days=self.retention_days_of(b.state.namespace))
         b.follow_up_start = StartRequest(
             namespace=s.namespace,
             workflow_id=s.workflow_id,
@@ -1100,7 +1079,7 @@ class HistoryEngine:
         if timer.kind == TimerKind.WORKFLOW_RUN_TIMEOUT:
             new_run_id = self._next_run(b, Failure(message="workflow run timed out", kind="timeout", timeout_type="StartToClose"))
         b.add(E.WorkflowExecutionTimedOut, retry_state=RetryState.TIMEOUT, new_run_id=new_run_id)
-        b.close(WorkflowExecutionStatus.TIMED_OUT, retention_days=self.retention_days)
+        b.close(WorkflowExecutionStatus.TIMED_OUT, retention_days=self.retention_days_of(b.state.namespace))
         return self._finish(b)
 
     # children and external workflows --------------------------------------------------

@@ -16,6 +16,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+from orchestrator.api.events import HistoryEvent
 from orchestrator.api.tasks import TimerTask, TransferTask
 from orchestrator.errors import (
     NamespaceNotFoundError,
@@ -64,6 +65,12 @@ class TimerSink(Protocol):
     def submit_timers(self, tasks: list[TimerTask]) -> None: ...
 
 
+class HistorySink(Protocol):
+    """Gets each commit's events after the commit (the history stream); must not block or raise."""
+
+    def submit_events(self, namespace: str, workflow_id: str, run_id: str, events: list[HistoryEvent]) -> None: ...
+
+
 class _Entry:
     __slots__ = ("lock", "state", "changed")
 
@@ -98,7 +105,10 @@ class HistoryService:
         self._cache_size = cache_size
         self.transfer_sink: TaskSink | None = None
         self.timer_sink: TimerSink | None = None
+        self.history_sink: HistorySink | None = None
         self.known_namespaces: set[str] = {"default"}
+        self.history_limits: Callable[[str], tuple[int | None, int | None]] | None = None
+        """``namespace -> (hard limit, warning threshold)`` on a run's history length in events."""
 
     def shard_of(self, namespace: str, workflow_id: str) -> int:
         return shard_for(namespace, workflow_id, self.num_shards)
@@ -174,7 +184,8 @@ class HistoryService:
         for _ in range(self.MAX_CAS_RETRIES):
             async with entry.lock:
                 state = await self._load(entry, key)
-                mutation = op(state, self.clock.now())
+                now = self.clock.now()
+                mutation = self._within_history_limit(state, op(state, now), now)
                 if mutation.noop:
                     return mutation
                 if mutation.cache_only:
@@ -192,6 +203,30 @@ class HistoryService:
             await self._after_commit(mutation, entry)
             return mutation
         raise UnavailableError(f"workflow {workflow_id!r} is being written concurrently; retry")
+
+    def _within_history_limit(self, state: ExecutionState, mutation: Mutation, now: float) -> Mutation:
+        """The mutation, or a termination of the run when it would grow the history past the
+        namespace's hard limit (a history that large is slow to load and replay)."""
+        if self.history_limits is None or not mutation.needs_write or not mutation.state.is_open:
+            return mutation
+        hard, warn = self.history_limits(state.namespace)
+        before, after = state.next_event_id - 1, mutation.state.next_event_id - 1
+        if warn is not None and before < warn <= after:
+            log.warning(
+                "workflow %s/%s has %d history events (warning threshold %s, limit %s): it should continue-as-new",
+                state.namespace, state.workflow_id, after, warn, hard,
+            )
+        if hard is None or after <= hard:
+            return mutation
+        return self.engine.terminate(
+            state,
+            now=now,
+            reason=(
+                f"history size limit exceeded: {after} events would be over namespace {state.namespace!r}'s "
+                f"limit of {hard}; use continue-as-new to start a fresh history before the limit"
+            ),
+            identity="history-size-limit",
+        )
 
     async def _commit(self, mutation: Mutation) -> None:
         writes = [self._write_of(mutation)]
@@ -226,6 +261,8 @@ class HistoryService:
                 self.transfer_sink.submit_transfer(m.transfer_tasks)
             if self.timer_sink and m.timer_tasks:
                 self.timer_sink.submit_timers(m.timer_tasks)
+            if self.history_sink and m.events:
+                self.history_sink.submit_events(m.state.namespace, m.state.workflow_id, m.state.run_id, m.events)
         if entry is not None:
             async with entry.changed:
                 entry.changed.notify_all()

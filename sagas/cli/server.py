@@ -2,6 +2,12 @@
 
     sagas server start-dev                        # SQLite in a temp file, built-in broker, port 7233
     sagas server start-dev --db-filename sagas.db # keep history across restarts
+    sagas server start-dev --tls-cert server.pem --tls-key server-key.pem [--tls-client-ca ca.pem] \
+        --auth-config auth.yaml                   # HTTPS (mutual TLS), JWT / API key authorization
+
+``--auth-config`` is a YAML file read by
+``orchestrator.frontend.auth.claim_mapper_from_config`` (``api_keys``, ``jwt``);
+with it, every request needs a role (see ``docs/security.md``).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import logging
 import signal
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -25,15 +32,47 @@ def _group() -> None:
     """Run the orchestrator server."""
 
 
-async def serve_dev(db_filename: str | None, ip: str, port: int, log_level: str, ready_file: str | None = None) -> None:
+def security_options(
+    tls_cert: str | None, tls_key: str | None, tls_client_ca: str | None, auth_config: str | None
+) -> dict[str, Any]:
+    """DevServer keyword arguments for TLS and authorization (reads ``auth_config``)."""
+    options: dict[str, Any] = {"tls_cert": tls_cert, "tls_key": tls_key, "tls_client_ca": tls_client_ca}
+    if auth_config:
+        import yaml
+
+        from orchestrator.errors import ConfigurationError
+        from orchestrator.frontend.auth import claim_mapper_from_config
+
+        try:
+            data = yaml.safe_load(Path(auth_config).read_text()) or {}
+            options["claim_mapper"] = claim_mapper_from_config(data)
+        except (OSError, yaml.YAMLError, ValueError, ConfigurationError) as exc:
+            console.print(f"[red]error:[/] --auth-config {auth_config}: {exc}")
+            raise typer.Exit(1) from exc
+        options["auth_required"] = True
+    return options
+
+
+async def serve_dev(
+    db_filename: str | None,
+    ip: str,
+    port: int,
+    log_level: str,
+    ready_file: str | None = None,
+    security: dict[str, Any] | None = None,
+) -> None:
     """Run the dev server until SIGINT/SIGTERM."""
+    from orchestrator.errors import ConfigurationError
     from orchestrator.server import DevServer
 
     with tempfile.TemporaryDirectory(prefix="sagas-dev-") as tmp:
         path = Path(db_filename).resolve() if db_filename else Path(tmp) / "sagas.db"
-        server = DevServer(store_url=f"sqlite:///{path}", host=ip, port=port, log_level=log_level)
         try:
+            server = DevServer(store_url=f"sqlite:///{path}", host=ip, port=port, log_level=log_level, **(security or {}))
             await server.start()
+        except ConfigurationError as exc:
+            console.print(f"[red]error:[/] {exc.message}" + (f" ({exc.hint})" if exc.hint else ""))
+            raise typer.Exit(1) from exc
         except OSError as exc:
             console.print(f"[red]error:[/] cannot listen on {ip}:{port}: {exc.strerror or exc}. Is another server running? Try --port.")
             raise typer.Exit(1) from exc
@@ -42,7 +81,7 @@ async def serve_dev(db_filename: str | None, ip: str, port: int, log_level: str,
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         console.print(
-            f"[green]sagas dev server[/] listening on http://{server.target}  "
+            f"[green]sagas dev server[/] listening on {server.url}  "
             f"(history: {path if db_filename else 'temporary SQLite file'}, broker: built-in)"
         )
         if ready_file:
@@ -59,11 +98,19 @@ def start_dev(
     port: int = typer.Option(7233, "--port", "-p", help="Port of the HTTP API and UI."),
     log_level: str = typer.Option("warning", "--log-level", help="debug, info, warning or error."),
     ready_file: str = typer.Option(None, "--ready-file", help="Write host:port to this file once serving (for scripts)."),
+    tls_cert: str = typer.Option(None, "--tls-cert", help="Server certificate (PEM): serve HTTPS."),
+    tls_key: str = typer.Option(None, "--tls-key", help="Private key (PEM) of --tls-cert."),
+    tls_client_ca: str = typer.Option(None, "--tls-client-ca", help="Require client certificates signed by this CA (mutual TLS)."),
+    auth_config: str = typer.Option(None, "--auth-config", help="YAML file of API keys / JWT keys: require authorization."),
+    dynamic_config: str = typer.Option(None, "--dynamic-config", help="YAML file of runtime-tunable settings, watched (docs/dynamic-config.md)."),
 ) -> None:
     """Run every service in one process on the embedded default (SQLite + built-in broker)."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    security = security_options(tls_cert, tls_key, tls_client_ca, auth_config)
+    if dynamic_config:
+        security["dynamic_config_path"] = str(Path(dynamic_config).resolve())
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve_dev(db_filename, ip, port, log_level, ready_file))
+        asyncio.run(serve_dev(db_filename, ip, port, log_level, ready_file, security))
 
 
 if __name__ == "__main__":

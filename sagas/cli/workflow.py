@@ -2,7 +2,10 @@
 
 Every command takes ``--address`` (default ``localhost:7233``, env
 ``SAGAS_ADDRESS``) and ``--namespace`` (default ``default``, env
-``SAGAS_NAMESPACE``). Inputs are JSON, one ``--input`` per argument::
+``SAGAS_NAMESPACE``); for a secured server also ``--api-key`` (an API key or
+a JWT, env ``SAGAS_API_KEY``), ``--tls`` or ``--tls-ca ca.pem`` (HTTPS), and
+``--tls-cert``/``--tls-key`` (a client certificate for mutual TLS).
+Inputs are JSON, one ``--input`` per argument::
 
     sagas workflow start --type BookTrip --task-queue trips -w trip-1 --input '{"city": "Lisbon"}'
     sagas workflow show -w trip-1
@@ -16,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, TypeVar
@@ -27,7 +31,7 @@ from rich.table import Table
 
 from orchestrator.api.enums import EventType
 from orchestrator.api.events import HistoryEvent
-from sagas.client import Client, WorkflowExecutionDescription, WorkflowHandle
+from sagas.client import Client, TLSConfig, WorkflowExecutionDescription, WorkflowHandle
 from sagas.exceptions import SagasError, WorkflowFailureError
 from sagas.saga import SAGA_MARKER
 
@@ -46,6 +50,16 @@ Namespace = Annotated[
 ]
 ApiKey = Annotated[
     str | None, typer.Option("--api-key", envvar="SAGAS_API_KEY", help="API key (sent as a Bearer token).")
+]
+Tls = Annotated[bool, typer.Option("--tls", envvar="SAGAS_TLS", help="Use HTTPS (verified by the system's CAs).")]
+TlsCa = Annotated[
+    str | None, typer.Option("--tls-ca", envvar="SAGAS_TLS_CA", help="CA certificate (PEM) of the server; implies --tls.")
+]
+TlsCert = Annotated[
+    str | None, typer.Option("--tls-cert", envvar="SAGAS_TLS_CERT", help="Client certificate (PEM) for mutual TLS.")
+]
+TlsKey = Annotated[
+    str | None, typer.Option("--tls-key", envvar="SAGAS_TLS_KEY", help="Private key (PEM) of --tls-cert.")
 ]
 WorkflowId = Annotated[str, typer.Option("--workflow-id", "-w", help="Workflow id.")]
 RunId = Annotated[str | None, typer.Option("--run-id", "-r", help="Run id (default: the latest run).")]
@@ -89,10 +103,43 @@ def _run(body: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
         raise typer.Exit(130) from None
 
 
-async def _with_client(
-    address: str, namespace: str, api_key: str | None, fn: Callable[[Client], Awaitable[_T]]
-) -> _T:
-    client = await Client.connect(address, namespace=namespace, api_key=api_key)
+@dataclass(frozen=True)
+class Connection:
+    """Where and how the CLI connects (the common options of every command)."""
+
+    address: str
+    namespace: str
+    api_key: str | None = None
+    tls: bool = False
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+    def tls_option(self) -> bool | TLSConfig:
+        """``Client.connect``'s ``tls`` argument (reads the PEM files)."""
+        if not (self.tls_ca or self.tls_cert or self.tls_key):
+            return self.tls
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("--tls-cert and --tls-key go together (a client certificate and its key)")
+
+        def read(path: str | None, what: str) -> bytes | None:
+            if path is None:
+                return None
+            try:
+                with open(path, "rb") as f:
+                    return f.read()
+            except OSError as exc:
+                raise ValueError(f"cannot read {what} {path!r}: {exc.strerror or exc}") from None
+
+        return TLSConfig(
+            server_root_ca_cert=read(self.tls_ca, "--tls-ca"),
+            client_cert=read(self.tls_cert, "--tls-cert"),
+            client_private_key=read(self.tls_key, "--tls-key"),
+        )
+
+
+async def _with_client(conn: Connection, fn: Callable[[Client], Awaitable[_T]]) -> _T:
+    client = await Client.connect(conn.address, namespace=conn.namespace, api_key=conn.api_key, tls=conn.tls_option())
     try:
         return await fn(client)
     finally:
@@ -148,6 +195,10 @@ def start(
     address: Address = "localhost:7233",
     namespace: Namespace = "default",
     api_key: ApiKey = None,
+    tls: Tls = False,
+    tls_ca: TlsCa = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
 ) -> None:
     """Start a workflow and print its ids."""
 
@@ -157,7 +208,7 @@ def start(
         handle = await _start(client, workflow_type, task_queue, workflow_id, args, execution_timeout, run_timeout)
         _out.print(f"Started [bold]{escape(handle.id)}[/bold]  run id {handle.result_run_id}")
 
-    _run(lambda: _with_client(address, namespace, api_key, go))
+    _run(lambda: _with_client(Connection(address, namespace, api_key, tls, tls_ca, tls_cert, tls_key), go))
 
 
 @workflow_app.command("execute")
@@ -173,6 +224,10 @@ def execute(
     address: Address = "localhost:7233",
     namespace: Namespace = "default",
     api_key: ApiKey = None,
+    tls: Tls = False,
+    tls_ca: TlsCa = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
 ) -> None:
     """Start a workflow, wait for it to close and print its result as JSON."""
 
@@ -183,7 +238,7 @@ def execute(
         _err.print(f"Started {escape(handle.id)} (run id {handle.result_run_id}); waiting for the result...")
         _out.print_json(_json(await handle.result()))
 
-    _run(lambda: _with_client(address, namespace, api_key, go))
+    _run(lambda: _with_client(Connection(address, namespace, api_key, tls, tls_ca, tls_cert, tls_key), go))
 
 
 # -- describe / list ---------------------------------------------------------------
@@ -224,6 +279,10 @@ def describe(
     address: Address = "localhost:7233",
     namespace: Namespace = "default",
     api_key: ApiKey = None,
+    tls: Tls = False,
+    tls_ca: TlsCa = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
 ) -> None:
     """Show a run's status, times, and what it is waiting for."""
 
@@ -250,7 +309,7 @@ def describe(
                 t.add_row(timer.timer_id, _time(datetime.fromtimestamp(timer.fire_time, UTC)))
             _out.print(t)
 
-    _run(lambda: _with_client(address, namespace, api_key, go))
+    _run(lambda: _with_client(Connection(address, namespace, api_key, tls, tls_ca, tls_cert, tls_key), go))
 
 
 @workflow_app.command("list")
@@ -260,6 +319,10 @@ def list_(
     address: Address = "localhost:7233",
     namespace: Namespace = "default",
     api_key: ApiKey = None,
+    tls: Tls = False,
+    tls_ca: TlsCa = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
 ) -> None:
     """List workflow runs, newest first."""
 
@@ -276,7 +339,7 @@ def list_(
         else:
             _out.print(t)
 
-    _run(lambda: _with_client(address, namespace, api_key, go))
+    _run(lambda: _with_client(Connection(address, namespace, api_key, tls, tls_ca, tls_cert, tls_key), go))
 
 
 # -- show -------------------------------------------------------------------------
@@ -401,6 +464,10 @@ def show(
     address: Address = "localhost:7233",
     namespace: Namespace = "default",
     api_key: ApiKey = None,
+    tls: Tls = False,
+    tls_ca: TlsCa = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
 ) -> None:
     """Show a run's event history (and its saga steps and compensations)."""
 
@@ -414,7 +481,7 @@ def show(
         if steps:
             _out.print(_saga_table(steps))
 
-    _run(lambda: _with_client(address, namespace, api_key, go))
+    _run(lambda: _with_client(Connection(address, namespace, api_key, tls, tls_ca, tls_cert, tls_key), go))
 
 
 # -- signal / query / cancel / terminate --------------------------------------------
@@ -429,6 +496,10 @@ def signal(
     address: Address = "localhost:7233",
     namespace: Namespace = "default",
     api_key: ApiKey = None,
+    tls: Tls = False,
+    tls_ca: TlsCa = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
 ) -> None:
     """Send a signal to a workflow."""
 
@@ -438,7 +509,7 @@ def signal(
         await client.get_workflow_handle(workflow_id, run_id=run_id).signal(name, args=args)
         _out.print(f"Signal [bold]{escape(name)}[/bold] sent to {escape(workflow_id)}.")
 
-    _run(lambda: _with_client(address, namespace, api_key, go))
+    _run(lambda: _with_client(Connection(address, namespace, api_key, tls, tls_ca, tls_cert, tls_key), go))
 
 
 @workflow_app.command("query")
@@ -450,6 +521,10 @@ def query(
     address: Address = "localhost:7233",
     namespace: Namespace = "default",
     api_key: ApiKey = None,
+    tls: Tls = False,
+    tls_ca: TlsCa = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
 ) -> None:
     """Ask a workflow's query handler and print the answer as JSON."""
 
@@ -459,7 +534,7 @@ def query(
         result = await client.get_workflow_handle(workflow_id, run_id=run_id).query(name, args=args)
         _out.print_json(_json(result))
 
-    _run(lambda: _with_client(address, namespace, api_key, go))
+    _run(lambda: _with_client(Connection(address, namespace, api_key, tls, tls_ca, tls_cert, tls_key), go))
 
 
 @workflow_app.command("cancel")
@@ -470,6 +545,10 @@ def cancel(
     address: Address = "localhost:7233",
     namespace: Namespace = "default",
     api_key: ApiKey = None,
+    tls: Tls = False,
+    tls_ca: TlsCa = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
 ) -> None:
     """Ask a workflow to cancel (it may run compensations first)."""
 
@@ -477,7 +556,7 @@ def cancel(
         await client.get_workflow_handle(workflow_id, run_id=run_id).cancel(reason=reason)
         _out.print(f"Cancellation of {escape(workflow_id)} requested.")
 
-    _run(lambda: _with_client(address, namespace, api_key, go))
+    _run(lambda: _with_client(Connection(address, namespace, api_key, tls, tls_ca, tls_cert, tls_key), go))
 
 
 @workflow_app.command("terminate")
@@ -488,6 +567,10 @@ def terminate(
     address: Address = "localhost:7233",
     namespace: Namespace = "default",
     api_key: ApiKey = None,
+    tls: Tls = False,
+    tls_ca: TlsCa = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
 ) -> None:
     """Stop a workflow at once, without running any more of its code."""
 
@@ -495,4 +578,4 @@ def terminate(
         await client.get_workflow_handle(workflow_id, run_id=run_id).terminate(reason=reason or None)
         _out.print(f"Terminated {escape(workflow_id)}.")
 
-    _run(lambda: _with_client(address, namespace, api_key, go))
+    _run(lambda: _with_client(Connection(address, namespace, api_key, tls, tls_ca, tls_cert, tls_key), go))

@@ -35,6 +35,16 @@ from orchestrator.api.http import (
     UpdateWorkflowResponse,
     WorkflowResultResponse,
 )
+from sagas.client._batch import BatchOperation, BatchOperationHandle, start_batch_operation
+from sagas.client._schedule import (
+    Schedule,
+    ScheduleBackfill,
+    ScheduleHandle,
+    ScheduleListDescription,
+    create_schedule,
+    list_schedules,
+)
+from sagas.client._tls import TLSConfig
 from sagas.client._transport import Transport
 from sagas.client._types import (
     AsyncActivityCancelledError,
@@ -175,7 +185,7 @@ class Client:
         *,
         namespace: str = "default",
         api_key: str | None = None,
-        tls: bool | ssl.SSLContext = False,
+        tls: bool | ssl.SSLContext | TLSConfig = False,
         data_converter: DataConverter | None = None,
         identity: str | None = None,
         lazy: bool = False,
@@ -183,8 +193,11 @@ class Client:
     ) -> Client:
         """Connect to the orchestrator at ``host:port`` (checks it answers unless ``lazy``).
 
-        ``api_key`` is sent as ``Authorization: Bearer ...``; ``tls=True`` uses
-        HTTPS with the system's CA store, or pass an ``ssl.SSLContext``.
+        ``api_key`` (an API key or a JWT) is sent as ``Authorization: Bearer ...``;
+        ``tls=True`` uses HTTPS with the system's CA store; a :class:`TLSConfig`
+        brings a private CA and a client certificate (mutual TLS); or pass an
+        ``ssl.SSLContext``. Workers built on this client use the same settings
+        for the built-in broker.
         Raises :class:`~sagas.exceptions.RPCError` (code ``unavailable``) when
         nothing answers at ``target_host``.
         """
@@ -442,6 +455,76 @@ class Client:
         """A handle to complete, fail or heartbeat an activity that called ``raise_complete_async()``."""
         token = task_token.decode() if isinstance(task_token, bytes) else task_token
         return AsyncActivityHandle(self, token)
+
+    # -- schedules and batch operations (system workflows run by the server) ---------------
+
+    async def create_schedule(
+        self,
+        id: str,
+        schedule: Schedule,
+        *,
+        trigger_immediately: bool = False,
+        backfill: Sequence[ScheduleBackfill] = (),
+        memo: Mapping[str, Any] | None = None,
+        search_attributes: Mapping[str, Any] | None = None,
+    ) -> ScheduleHandle:
+        """Create a schedule (see :mod:`sagas.client._schedule`) and return its handle.
+
+        ::
+
+            handle = await client.create_schedule(
+                "hourly-sync",
+                Schedule(
+                    action=ScheduleActionStartWorkflow(Sync.run, id="sync", task_queue="sync"),
+                    spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=timedelta(hours=1))]),
+                ),
+            )
+
+        Raises :class:`~sagas.exceptions.InvalidScheduleError` (bad cron
+        string, unknown time zone, ...) and
+        :class:`~sagas.exceptions.ScheduleAlreadyRunningError` (the id is taken).
+        """
+        return await create_schedule(
+            self,
+            id,
+            schedule,
+            trigger_immediately=trigger_immediately,
+            backfill=backfill,
+            memo=memo,
+            search_attributes=search_attributes,
+        )
+
+    def get_schedule_handle(self, id: str) -> ScheduleHandle:
+        """A handle to an existing schedule (nothing is checked until it is used)."""
+        return ScheduleHandle(self, id)
+
+    async def list_schedules(self, query: str | None = None) -> AsyncIterator[ScheduleListDescription]:
+        """The schedules of this namespace (``async for s in await client.list_schedules(): ...``).
+
+        ``query`` narrows them by the schedules' own search attributes.
+        """
+        return list_schedules(self, query)
+
+    async def start_batch_operation(
+        self,
+        operation: BatchOperation,
+        query: str,
+        *,
+        id: str | None = None,
+        rps: float = 50.0,
+        page_size: int = 100,
+    ) -> BatchOperationHandle:
+        """Apply ``operation`` (:class:`BatchSignal`, :class:`BatchCancel`, :class:`BatchTerminate`) to every
+        running workflow that ``query`` matches, at most ``rps`` per second (see :mod:`sagas.client._batch`).
+
+        A query that does not parse raises :class:`~sagas.exceptions.RPCError`
+        (code ``invalid_argument``) naming the problem, before anything is done.
+        """
+        return await start_batch_operation(self, operation, query, id=id, rps=rps, page_size=page_size)
+
+    def get_batch_operation_handle(self, id: str) -> BatchOperationHandle:
+        """A handle to a batch operation started earlier (by its id)."""
+        return BatchOperationHandle(self, id)
 
     # -- used by handles and workers -------------------------------------
 

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from orchestrator.api.common import Failure
 from orchestrator.api.http import ErrorBody
+from sagas.client._tls import TLSConfig
 from sagas.exceptions import (
     ApplicationError,
     RPCError,
@@ -37,8 +38,11 @@ _RETRY_DELAYS = (0.1, 0.3, 0.8)
 
 _START_HINT = "start a server with `sagas server start-dev`, or pass the right address"
 
+_MAX_RATE_LIMIT_WAIT = 5.0
+"""Longest ``Retry-After`` a rate-limited call waits before its next attempt."""
 
-def base_url_of(target_host: str, tls: bool | ssl.SSLContext) -> str:
+
+def base_url_of(target_host: str, tls: bool | ssl.SSLContext | TLSConfig) -> str:
     """``localhost:7233`` -> ``http://localhost:7233`` (``https`` with TLS); full URLs pass through."""
     target = target_host.strip().rstrip("/")
     if target.startswith(("http://", "https://")):
@@ -96,7 +100,7 @@ class Transport:
         target_host: str,
         *,
         api_key: str | None = None,
-        tls: bool | ssl.SSLContext = False,
+        tls: bool | ssl.SSLContext | TLSConfig = False,
         timeout: float = 30.0,
         http_transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
@@ -104,7 +108,12 @@ class Transport:
         self.headers: dict[str, str] = {"accept": "application/json"}
         if api_key:
             self.headers["authorization"] = f"Bearer {api_key}"
-        self.verify: ssl.SSLContext | bool = tls if isinstance(tls, ssl.SSLContext) else True
+        self.verify: ssl.SSLContext | bool = (
+            tls.ssl_context() if isinstance(tls, TLSConfig) else tls if isinstance(tls, ssl.SSLContext) else True
+        )
+        self.sni_hostname = tls.domain if isinstance(tls, TLSConfig) else None
+        """Name the server certificate is checked against, when not the address's host."""
+        self.extensions: dict[str, Any] = {"sni_hostname": self.sni_hostname} if self.sni_hostname else {}
         self.timeout = timeout
         kwargs: dict[str, Any] = {
             "base_url": self.base_url + API_PREFIX,
@@ -150,6 +159,7 @@ class Transport:
                     headers=headers,
                     params=clean_params or None,
                     timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+                    extensions=self.extensions or None,
                 )
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 if attempt < len(_RETRY_DELAYS):
@@ -182,6 +192,11 @@ class Transport:
                     "unavailable",
                     503,
                 ) from None
+            if resp.status_code == 429 and attempt < len(_RETRY_DELAYS):
+                # Refused before it reached the engine: safe to send again once a token is free.
+                await asyncio.sleep(min(_retry_after(resp, _RETRY_DELAYS[attempt]), _MAX_RATE_LIMIT_WAIT))
+                attempt += 1
+                continue
             if resp.status_code == 503 and idempotent and attempt < len(_RETRY_DELAYS):
                 await asyncio.sleep(_RETRY_DELAYS[attempt])
                 attempt += 1
@@ -217,6 +232,14 @@ class Transport:
                 "internal",
                 500,
             ) from None
+
+
+def _retry_after(resp: httpx.Response, default: float) -> float:
+    """Seconds of the response's ``Retry-After`` (``default`` when absent or an HTTP date)."""
+    try:
+        return max(0.0, float(resp.headers["retry-after"]))
+    except (KeyError, ValueError):
+        return default
 
 
 def _describe(exc: BaseException) -> str:

@@ -132,7 +132,12 @@ class Worker:
             # The built-in broker is served by the frontend this client talks to: reuse its
             # address, credentials and TLS settings (the server may only know its bind address).
             transport = self._client.transport
-            local = LocalBrokerClient(transport.base_url, headers=dict(transport.headers), verify=transport.verify)
+            local = LocalBrokerClient(
+                transport.base_url,
+                headers=dict(transport.headers),
+                verify=transport.verify,
+                sni_hostname=transport.sni_hostname,
+            )
             await local.connect()
             return local
         return await open_broker(url)

@@ -88,6 +88,8 @@ _log = logging.getLogger("sagas.workflow")
 
 _SAGAS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _ASYNCIO_DIR = os.path.dirname(os.path.abspath(asyncio.__file__))
+_ASYNCIO_EVENTS = os.path.join(_ASYNCIO_DIR, "events.py")
+_THIS_FILE = os.path.abspath(__file__)
 
 PATCH_MARKER = "core_patch"
 LOCAL_ACTIVITY_MARKER = "local_activity"
@@ -209,18 +211,45 @@ class _PendingCommand:
 
 
 def _user_source() -> str:
-    """File:line of the workflow code that is creating a command (cheap stack walk)."""
+    """File:line of the workflow code that is creating a command (cheap stack walk).
+
+    The walk stops at the loop's callback runner (``Handle._run``) or at the
+    activation itself: the frames above drive the workflow (worker, replayer,
+    CLI) and are not its code.
+    """
     frame = sys._getframe(2)
     fallback = ""
     while frame is not None:
-        filename = frame.f_code.co_filename
-        if not filename.startswith(_ASYNCIO_DIR):
-            where = f"{filename}:{frame.f_lineno} in {frame.f_code.co_name}"
-            if not filename.startswith(_SAGAS_DIR):
-                return where
-            fallback = fallback or where
+        code = frame.f_code
+        filename = code.co_filename
+        if filename.startswith(_ASYNCIO_DIR):
+            if code.co_name == "_run" and filename == _ASYNCIO_EVENTS:
+                break
+        elif filename.startswith(_SAGAS_DIR):
+            if code.co_name == "_activate" and filename == _THIS_FILE:
+                break
+            fallback = fallback or f"{filename}:{frame.f_lineno} in {code.co_name}"
+        else:
+            return f"{filename}:{frame.f_lineno} in {code.co_name}"
         frame = frame.f_back  # type: ignore[assignment]
     return fallback
+
+
+def error_source(err: BaseException) -> str:
+    """File:line of the innermost workflow-code frame an error was raised through, or ``""``."""
+    where = ""
+    for frame in traceback.extract_tb(err.__traceback__):
+        if not frame.filename.startswith((_SAGAS_DIR, _ASYNCIO_DIR)):
+            where = f"{frame.filename}:{frame.lineno} in {frame.name}"
+    return where
+
+
+def _definition_source(fn: Callable[..., Any], what: str) -> str:
+    """File:line where ``fn`` is defined, e.g. for the command of a workflow that returned."""
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return ""
+    return f"{code.co_filename}:{code.co_firstlineno} in {code.co_name} ({what})"
 
 
 def _task_stack(task: asyncio.Task[Any]) -> str:
@@ -235,6 +264,21 @@ def _task_stack(task: asyncio.Task[Any]) -> str:
         coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
     lines = "".join(traceback.StackSummary.extract(iter(frames)).format())
     return f"Stack of {task.get_name()} (most recent call last):\n{lines}"
+
+
+def _suspended_at(task: asyncio.Task[Any]) -> str:
+    """File:line of the innermost workflow-code frame a suspended task is waiting in."""
+    where = ""
+    coro: Any = task.get_coro()
+    while coro is not None:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is None:
+            break
+        filename = frame.f_code.co_filename
+        if not filename.startswith((_SAGAS_DIR, _ASYNCIO_DIR)):
+            where = f"{filename}:{frame.f_lineno} in {frame.f_code.co_name}"
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    return where
 
 
 def _seconds(value: timedelta | float | None) -> float | None:
@@ -370,6 +414,7 @@ class _ActivityState:
     scheduled_event_id: int | None = None
     cancel_requested: bool = False
     # Local activities only:
+    source: str = ""  # the workflow code that started it (file:line), for NondeterminismError
     local_input: list[Any] = dataclasses.field(default_factory=list)
     local_options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -796,11 +841,16 @@ class WorkflowInstance(asyncio.AbstractEventLoop):
         if not self._unmatched:
             if _is_patch_marker(e):
                 return  # a patch whose patched() call was removed after deprecate_patch
+            waiting = self._waiting_at()
             raise NondeterminismError(
                 f"nondeterminism at event {e.event_id}: history recorded {recorded} but the workflow "
-                f"produced no command there (it produced fewer commands than history recorded). "
+                f"produced no command there (it produced fewer commands than history recorded"
+                f"{f'; it is waiting at {waiting}' if waiting else ''}). "
                 f"The workflow code changed in a way that is not replay-safe; guard the change with "
-                f"workflow.patched(...)."
+                f"workflow.patched(...).",
+                event_id=e.event_id,
+                recorded=recorded,
+                source=waiting or None,
             )
         pending = self._unmatched[0]
         key = _command_match_key(pending.command)
@@ -812,10 +862,15 @@ class WorkflowInstance(asyncio.AbstractEventLoop):
             return
         if _is_patch_marker(e):
             return
+        produced = _fmt(pending.command.command_type, key[1])
         raise NondeterminismError(
             f"nondeterminism at event {e.event_id}: history recorded {recorded} but the workflow produced "
-            f"{_fmt(pending.command.command_type, key[1])}{self._at(pending)}. The workflow code changed in a way "
-            f"that is not replay-safe; guard the change with workflow.patched(...)."
+            f"{produced}{self._at(pending)}. The workflow code changed in a way "
+            f"that is not replay-safe; guard the change with workflow.patched(...).",
+            event_id=e.event_id,
+            recorded=recorded,
+            produced=produced,
+            source=pending.source or None,
         )
 
     def _skip_optional(self, e: Any) -> None:
@@ -839,16 +894,30 @@ class WorkflowInstance(asyncio.AbstractEventLoop):
         else:
             where = f"event {next_event.event_id} is {next_event.event_type}"
             event_id = next_event.event_id
+        produced = _fmt(pending.command.command_type, key[1])
         raise NondeterminismError(
             f"nondeterminism at event {event_id}: the workflow produced "
-            f"{_fmt(pending.command.command_type, key[1])}{self._at(pending)} but history recorded no "
+            f"{produced}{self._at(pending)} but history recorded no "
             f"{key[0]} there ({where}). The workflow code changed in a way that is not replay-safe; "
-            f"guard the change with workflow.patched(...)."
+            f"guard the change with workflow.patched(...).",
+            event_id=event_id,
+            recorded=f"no {key[0]} ({where})",
+            produced=produced,
+            source=pending.source or None,
         )
 
     @staticmethod
     def _at(pending: _PendingCommand) -> str:
         return f" at {pending.source}" if pending.source else ""
+
+    def _waiting_at(self) -> str:
+        """File:line where the workflow's code is suspended (main task first), or ``""``."""
+        tasks = sorted(asyncio.all_tasks(self), key=lambda t: t is not self._main_task)
+        for task in tasks:
+            where = _suspended_at(task)
+            if where:
+                return where
+        return ""
 
     # ------------------------------------------------------------------ inputs
 
@@ -958,36 +1027,46 @@ class WorkflowInstance(asyncio.AbstractEventLoop):
         except (Exception, asyncio.CancelledError, ContinueAsNewError) as err:
             self._top_level_error(err)
             return
-        self._close(cmd.CompleteWorkflowExecution(result=payload))
+        self._close(
+            cmd.CompleteWorkflowExecution(result=payload),
+            source=_definition_source(self._defn.run_fn, "the workflow returned"),
+        )
 
     def _top_level_error(self, err: BaseException) -> None:
         """Decide what an error escaping the workflow (run or a handler) does to the run."""
+        source = error_source(err)
         if isinstance(err, ContinueAsNewError):
-            self._close(err.command)
+            self._close(err.command, source=source)
         elif self._cancel_requested and is_cancelled_error(err):
-            self._close(cmd.CancelWorkflowExecution())
+            self._close(cmd.CancelWorkflowExecution(), source=source)
         elif isinstance(err, (FailureError, asyncio.CancelledError, *self._defn.failure_exception_types)):
-            self._close(cmd.FailWorkflowExecution(failure=error_to_failure(err)))
+            self._close(cmd.FailWorkflowExecution(failure=error_to_failure(err)), source=source)
         else:
             self._activation_error = err
 
-    def _close(self, command: cmd.Command) -> None:
+    def _close(self, command: cmd.Command, *, source: str = "") -> None:
         if self._closed:
             return
-        self._add_command(command)
+        self._add_command(command, source=source)
         self._closed = True
 
     # ------------------------------------------------------------------ commands
 
     def _add_command(
-        self, command: cmd.Command, on_event: Callable[[Any], None] | None = None, *, front: bool = False
+        self,
+        command: cmd.Command,
+        on_event: Callable[[Any], None] | None = None,
+        *,
+        front: bool = False,
+        source: str = "",
     ) -> _PendingCommand:
+        """Queue a command; ``source`` (file:line) defaults to the workflow code calling this."""
         if self._in_query:
             raise RuntimeError(
                 "a query handler must not change workflow state (start activities, timers, ...); "
                 "use an update for that"
             )
-        pending = _PendingCommand(command, _user_source(), on_event)
+        pending = _PendingCommand(command, source or _user_source(), on_event)
         if not self._closed:
             (self._front_commands if front else self._commands).append(pending)
         return pending
@@ -1238,6 +1317,7 @@ class WorkflowInstance(asyncio.AbstractEventLoop):
             cancellation_type=ActivityCancellationType(cancellation_type),
             result_hint=result_type if result_type is not None else self._return_hint(fn or activity),
             future=self.create_future(),
+            source=_user_source(),
             local_input=self._converter.to_payloads(args),
             local_options={
                 "schedule_to_close_timeout": _seconds(schedule_to_close_timeout),
@@ -1300,10 +1380,15 @@ class WorkflowInstance(asyncio.AbstractEventLoop):
                 if marker is not None
                 else "no local activity marker"
             )
+            at = f" at {state.source}" if state.source else ""
             raise NondeterminismError(
-                f"nondeterminism: the workflow ran local activity {state.activity_type!r} (seq {state.seq}) "
+                f"nondeterminism: the workflow ran local activity {state.activity_type!r} (seq {state.seq}){at} "
                 f"but history has {recorded} for it. The workflow code changed in a way that is not "
-                "replay-safe; guard the change with workflow.patched(...)."
+                "replay-safe; guard the change with workflow.patched(...).",
+                event_id=marker.event_id if marker is not None else None,
+                recorded=recorded,
+                produced=f"local activity {state.activity_type!r} (seq {state.seq})",
+                source=state.source or None,
             )
         return marker.details.get("result"), marker.failure
 
@@ -1588,7 +1673,8 @@ class WorkflowInstance(asyncio.AbstractEventLoop):
             if not validate:
                 raise NondeterminismError(
                     f"nondeterminism: history accepted update {name!r} (id {update_id}) but the workflow "
-                    "has no handler for it"
+                    "has no handler for it",
+                    recorded=f"WorkflowExecutionUpdateAccepted(update_id={update_id!r}, update_name={name!r})",
                 )
             known = ", ".join(sorted(self._defn.updates)) or "none"
             self._reject_update(

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from orchestrator.api import events as ev
 from sagas.exceptions import NondeterminismError
+from sagas.testing.replay import assert_replays, parametrize_histories
 from sagas.worker._replayer import Replayer, WorkflowHistory
 from tests.replay.record_histories import HISTORIES, REPLAY_WORKFLOWS, SHAPES, record
 from tests.sagas.runtime import workflows as w
@@ -20,12 +20,14 @@ def test_there_is_a_history_per_shape() -> None:
     assert {f.stem for f in FILES} == {s.name for s in SHAPES}
 
 
-@pytest.mark.parametrize("path", FILES, ids=[f.stem for f in FILES])
-async def test_recorded_history_replays(path: Path) -> None:
-    history = WorkflowHistory.from_json(path.read_text())
+@parametrize_histories(HISTORIES)
+async def test_recorded_history_replays(history: WorkflowHistory) -> None:
     assert isinstance(history.events[-1], tuple(_close_types()))
-    result = await Replayer(workflows=REPLAY_WORKFLOWS).replay_workflow(history)
-    assert result.replay_failure is None
+    await assert_replays(history, workflows=REPLAY_WORKFLOWS)
+
+
+async def test_recorded_folder_replays() -> None:
+    assert await assert_replays(HISTORIES, workflows=REPLAY_WORKFLOWS) == len(FILES)
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=[s.name for s in SHAPES])

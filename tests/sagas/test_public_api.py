@@ -14,15 +14,29 @@ PUBLIC = {
         "wait_for_worker_shutdown", "wait_for_worker_shutdown_sync",
     },
     "sagas.client": {
-        "AsyncActivityCancelledError", "AsyncActivityHandle", "Client", "RPCError", "WorkflowAlreadyStartedError",
+        "AsyncActivityCancelledError", "AsyncActivityHandle", "Client", "RPCError", "TLSConfig", "WorkflowAlreadyStartedError",
         "WorkflowContinuedAsNewError", "WorkflowExecution", "WorkflowExecutionAsyncIterator",
         "WorkflowExecutionCount", "WorkflowExecutionDescription", "WorkflowExecutionStatus",
         "WorkflowFailureError", "WorkflowHandle", "WorkflowHistory", "WorkflowIDReusePolicy",
         "WorkflowNotFoundError", "WorkflowQueryFailedError", "WorkflowUpdateFailedError", "WorkflowUpdateHandle",
         "WorkflowUpdateStage",
+        # schedules
+        "InvalidScheduleError", "Schedule", "ScheduleAction", "ScheduleActionExecutionStartWorkflow",
+        "ScheduleActionResult", "ScheduleActionStartWorkflow", "ScheduleAlreadyRunningError", "ScheduleBackfill",
+        "ScheduleCalendarSpec", "ScheduleDescription", "ScheduleHandle", "ScheduleInfo", "ScheduleIntervalSpec",
+        "ScheduleListActionStartWorkflow", "ScheduleListDescription", "ScheduleListInfo", "ScheduleListSchedule",
+        "ScheduleListState", "ScheduleNotFoundError", "ScheduleOverlapPolicy", "SchedulePolicy", "ScheduleRange",
+        "ScheduleSpec", "ScheduleState", "ScheduleUpdate", "ScheduleUpdateInput",
+        # batch operations
+        "BatchCancel", "BatchOperation", "BatchOperationFailure", "BatchOperationHandle", "BatchOperationProgress",
+        "BatchSignal", "BatchTerminate",
     },
     "sagas.worker": {"ReplayResult", "ReplayResults", "Replayer", "Worker", "WorkflowHistory"},
     "sagas.testing": {"ActivityEnvironment", "WorkflowEnvironment"},
+    "sagas.testing.replay": {
+        "LabeledHistory", "ReplayFailure", "assert_replays", "describe_replay_failure", "load_histories",
+        "parametrize_histories", "replay_histories",
+    },
 }
 
 

@@ -1,0 +1,1 @@
+"""Optional extras built on the SDK's public hooks (``sagas.contrib.encryption``: an AES-GCM payload codec)."""
