@@ -68,6 +68,7 @@ class TransferQueueProcessor:
         self._busy = 0
         self._queries: dict[str, asyncio.Future[Any]] = {}
         self._published: set[str] = set()
+        self._declared: set[str] = set()
         """Tasks this process already published to a non-durable broker: their rows stay
         until the task is done, and the sweep must not publish them again (the durable
         timeout timers re-drive a lost one)."""
@@ -242,6 +243,9 @@ class TransferQueueProcessor:
 
     async def _publish(self, queue: str, body: bytes) -> None:
         try:
+            if queue not in self._declared:  # a real broker may refuse a message for a queue nobody declared yet
+                await self.broker.declare_queue(queue)
+                self._declared.add(queue)
             await self.broker.publish(queue, body)
         except BrokerError:
             METRICS.broker_errors.inc()

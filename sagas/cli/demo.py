@@ -63,7 +63,7 @@ def saga_rows(events: list[Any]) -> list[tuple[str, str, str]]:
     return rows
 
 
-async def run_trip_booking(keep_running: bool, port: int) -> int:
+async def run_trip_booking(keep_running: bool, port: int, broker_url: str = "local://") -> int:
     from orchestrator.server import DevServer
     from sagas.client import Client
     from sagas.exceptions import WorkflowFailureError
@@ -72,7 +72,7 @@ async def run_trip_booking(keep_running: bool, port: int) -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="sagas-demo-"))
     port = _free_port(port)
-    server = DevServer(store_url=f"sqlite:///{tmp / 'history.db'}", port=port)
+    server = DevServer(store_url=f"sqlite:///{tmp / 'history.db'}", port=port, broker_url=broker_url)
     procs: list[subprocess.Popen[bytes]] = []
     with console.status("starting the dev server and the car, hotel and flight services ...") as status:
         await server.start()
@@ -84,7 +84,7 @@ async def run_trip_booking(keep_running: bool, port: int) -> int:
                 subprocess.Popen(
                     [
                         sys.executable, "-m", "services_demo.trip_booking.services", kind,
-                        "--broker-url", f"local://127.0.0.1:{server.port}",
+                        "--broker-url", server.orchestrator.worker_broker_url,
                         "--db", str(tmp / f"{kind}.db"), "--ready-file", str(marker),
                     ],
                     env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -139,7 +139,10 @@ async def run_trip_booking(keep_running: bool, port: int) -> int:
 def trip_booking(
     keep_running: bool = typer.Option(False, help="Keep the dev server up after the demo, to look at the runs."),
     port: int = typer.Option(7233, help="Port for the dev server (a free one is used if taken)."),
+    broker_url: str = typer.Option(
+        "local://", help="Task queues: local:// (built in), amqp://..., kafka://host:port, sqs://...?endpoint_url=..."
+    ),
 ) -> None:
     """Dev server + car/hotel/flight services + a worker: one trip books, one compensates."""
     with contextlib.suppress(KeyboardInterrupt):
-        raise typer.Exit(asyncio.run(run_trip_booking(keep_running, port)))
+        raise typer.Exit(asyncio.run(run_trip_booking(keep_running, port, broker_url)))
