@@ -133,6 +133,19 @@ class UnavailableError(OrchestratorError):
     default_hint = "Retry later; check the store and broker are up."
 
 
+class ShardNotOwnedError(UnavailableError):
+    """This process does not own the workflow's history shard (``details["shard"]``).
+
+    The frontend forwards the request to the owner; a caller that cannot forward retries later.
+    """
+
+    default_hint = "Another orchestrator process owns this workflow's shard; retry (shards move within a lease)."
+
+    def __init__(self, shard: int) -> None:
+        super().__init__(f"history shard {shard} is not owned by this process", details={"shard": shard})
+        self.shard = shard
+
+
 class ConfigurationError(OrchestratorError):
     """The server's configuration is unsafe or inconsistent; raised at startup, never to API callers."""
 

@@ -21,6 +21,8 @@ class _Metrics:
     history_stream_published: Counter
     history_stream_dropped: Counter
     history_stream_lag: Gauge
+    shards_owned: Gauge
+    requests_forwarded: Counter
 
 
 METRICS = _Metrics(
@@ -48,5 +50,9 @@ METRICS = _Metrics(
     ),
     history_stream_lag=Gauge(
         "sagas_history_stream_lag_seconds", "Age of the oldest committed event not yet published to the history stream"
+    ),
+    shards_owned=Gauge("sagas_shards_owned", "History shards this process holds a lease on"),
+    requests_forwarded=Counter(
+        "sagas_requests_forwarded_total", "Requests and replies forwarded to the process that owns their shard"
     ),
 )

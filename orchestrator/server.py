@@ -50,6 +50,7 @@ from orchestrator.timers.processor import TimerQueueProcessor
 from orchestrator.visibility.query import parse_list_query
 
 if TYPE_CHECKING:
+    from orchestrator.membership import ShardController, ShardRouter
     from orchestrator.system import SystemWorker
     from sagas.converter import PayloadCodec
 
@@ -113,6 +114,22 @@ class OrchestratorConfig:
     """YAML file of runtime-tunable settings, watched and applied without a restart (``orchestrator.dynamic_config``)."""
     system_worker: bool = True
     """Run the system workflows (schedules, batch operations) in this process; see ``orchestrator.system``."""
+    cluster: ClusterOptions | None = None
+    """Share the history shards with other processes (membership and leases in the store;
+    ``orchestrator.membership``). None: this process owns every shard."""
+    history_enabled: bool = True
+    """Run history, matching and timers here (False: a frontend that forwards to shard owners)."""
+
+
+@dataclass
+class ClusterOptions:
+    """How this process takes part in a cluster (``cluster:`` in the config file)."""
+
+    member_id: str
+    address: str = ""
+    """URL of this process's frontend for forwarded requests (set by the server once it listens)."""
+    lease_seconds: float = 10.0
+    heartbeat_seconds: float | None = None
 
 
 class Orchestrator:
@@ -129,6 +146,9 @@ class Orchestrator:
         self.clock = SystemClock()
         self.history_stream: HistoryStreamPublisher | None = None
         self.dynamic_config: DynamicConfig | None = None
+        self.router: ShardRouter | None = None
+        self.shard_controller: ShardController | None = None
+        self._background: set[asyncio.Task[None]] = set()
         self.auth = FrontendAuth.from_config(
             claim_mapper=config.claim_mapper,
             authorizer=config.authorizer,
@@ -165,7 +185,10 @@ class Orchestrator:
         await self.namespaces.load()
         self.history.engine.retention_of = self.namespaces.retention_days
         self.history.history_limits = self.namespaces.history_limits
-        await self.history.acquire_shards()
+        if cfg.cluster is None:
+            await self.history.acquire_shards()
+        else:
+            self.history.owned_shards_only = True
         if cfg.history_stream_url:
             builtin = cfg.history_stream_url.startswith("local://") and isinstance(self.broker, MemoryBroker)
             self.history_stream = HistoryStreamPublisher(
@@ -184,17 +207,58 @@ class Orchestrator:
         self.history.transfer_sink = self.matching
         self.history.timer_sink = self.timers
         self.visibility = Visibility(self.store)
-        await self.matching.start()
-        await self.timers.start()
-        self.completions.start_consumer()
+        if cfg.history_enabled:
+            await self.matching.start()
+            await self.timers.start()
+            self.completions.start_consumer()
+        if cfg.cluster is not None:
+            await self._join_cluster(cfg.cluster)
         if cfg.dynamic_config_path:  # runtime-tunable settings: docs/dynamic-config.md
             self.dynamic_config = await start_for_orchestrator(self, cfg.dynamic_config_path)
+
+    async def _join_cluster(self, options: ClusterOptions) -> None:
+        from orchestrator.membership import ShardController, ShardRouter
+
+        self.router = ShardRouter(self.history)
+        self.completions.forward = self._forward_reply
+        if not self.config.history_enabled:
+            await self.router.refresh()
+            return
+
+        def acquired(_: set[int]) -> None:
+            # A new shard's queues start from the store: its outbox rows and its timer rows.
+            task = asyncio.create_task(self.matching.sweep())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+            self.timers.wake()
+
+        self.shard_controller = ShardController(
+            self.history,
+            member_id=options.member_id,
+            address=options.address,
+            lease_seconds=options.lease_seconds,
+            heartbeat_interval=options.heartbeat_seconds,
+            router=self.router,
+            on_acquired=acquired,
+        )
+        await self.shard_controller.start()
+
+    async def _forward_reply(self, shard: int, body: bytes) -> bool:
+        """Hand a worker's reply to the owner of its shard (the completions queue is shared)."""
+        assert self.router is not None
+        response = await self.router.forward(
+            shard, "POST", "/api/v1/tasks/complete", body=body, headers={"content-type": "application/json"}
+        )
+        # 4xx: stale, forged or malformed there too -- applying it again would not help.
+        return response is not None and response.status_code < 500
 
     def _idle(self) -> bool:
         busy = self.broker.busy() if isinstance(self.broker, MemoryBroker) else True
         return not busy and not self.matching.busy()
 
     async def stop(self) -> None:
+        if self.shard_controller is not None:
+            await self.shard_controller.stop()  # hand the shards over first: others take them at once
         if self.dynamic_config is not None:
             await self.dynamic_config.stop()
         await self.completions.stop()
@@ -206,6 +270,11 @@ class Orchestrator:
             await self.broker.aclose()
         except BrokerError:
             pass
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        if self.router is not None:
+            await self.router.aclose()
         await self.store.aclose()
 
     def check_payload(self, payloads: Any, what: str, namespace: str | None = None) -> None:
@@ -299,6 +368,9 @@ class DevServer:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind((self.host, self.port))
         self.port = sock.getsockname()[1]
+        if self.config.cluster is not None and not self.config.cluster.address:
+            host = socket.gethostname() if self.host in ("0.0.0.0", "::") else self.host
+            self.config.cluster.address = f"{'https' if self.tls_cert else 'http'}://{host}:{self.port}"
         if self.config.broker_url in ("local://", ""):
             tls = "?tls=1" if self.tls_cert else ""
             self.orchestrator.worker_broker_url = f"local://{self.host}:{self.port}{tls}"

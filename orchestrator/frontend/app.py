@@ -24,7 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.datastructures import Headers
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from brokers import envelope as env
 from brokers.base import Delivery
@@ -35,7 +35,9 @@ from orchestrator.errors import (
     OrchestratorError,
     PayloadTooLargeError,
     RateLimitedError,
+    ShardNotOwnedError,
     UnauthenticatedError,
+    UnavailableError,
     UpdateRejectedError,
 )
 from orchestrator.frontend.auth import (
@@ -49,6 +51,7 @@ from orchestrator.frontend.codec import add_codec_routes, codec_lookup
 from orchestrator.frontend.ratelimit import NamespaceRateLimiter
 from orchestrator.history.engine import StartRequest
 from orchestrator.history.state import ExecutionState
+from orchestrator.membership import FORWARDED_HEADER
 from orchestrator.metrics import METRICS
 
 if TYPE_CHECKING:
@@ -138,6 +141,26 @@ def create_app(orc: Orchestrator) -> FastAPI:
     async def _orc_error(_: Request, exc: OrchestratorError) -> JSONResponse:
         return error_response(exc)
 
+    @app.exception_handler(ShardNotOwnedError)
+    async def _not_owned(request: Request, exc: ShardNotOwnedError) -> Response:
+        # Another process owns the workflow's shard: forward the request there, once.
+        if orc.router is None or request.headers.get(FORWARDED_HEADER):
+            return error_response(exc)
+        path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        body = request.scope.get(_BODY_KEY, b"")
+        response = await orc.router.forward(exc.shard, request.method, path, body=body, headers=dict(request.headers))
+        if response is None:
+            return error_response(
+                UnavailableError(
+                    f"history shard {exc.shard} has no reachable owner",
+                    hint="Its owner stopped or is unreachable; another process takes the shard over once the "
+                    "owner's lease expires (cluster.leaseSeconds). Retry.",
+                    details={"shard": exc.shard},
+                )
+            )
+        kept = {k: v for k, v in response.headers.items() if k.lower() in ("content-type", "retry-after", "www-authenticate")}
+        return Response(response.content, status_code=response.status_code, headers=kept)
+
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
@@ -146,6 +169,8 @@ def create_app(orc: Orchestrator) -> FastAPI:
         parts = [f"{'.'.join(str(p) for p in e['loc'] if p != 'body')}: {e['msg']}" for e in errors[:3]]
         return error_response(InvalidArgumentError("; ".join(parts) or "invalid request"))
 
+    if orc.router is not None:  # cluster: keep request bodies for forwarding to a shard's owner
+        app.add_middleware(_KeepBody)
     app.add_middleware(_BodyLimit, max_bytes=max_body + 64 * 1024)
     if auth.enabled:
         app.add_middleware(_PageGuard, auth=auth)
@@ -484,6 +509,42 @@ class _BodyLimit:
                 return
         await self.app(scope, receive, send)
 
+
+
+_BODY_KEY = "sagas.request_body"
+
+
+class _KeepBody:
+    """Reads an API request's body once and keeps it in the scope (``_BODY_KEY``), so that a request
+    for a shard owned by another process can be forwarded there with its body (pure ASGI)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/api/v1/namespaces/") and scope["path"] != "/api/v1/tasks/complete":
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        scope[_BODY_KEY] = body
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # then the client's disconnect, as without this middleware
+
+        await self.app(scope, replay, send)
 
 
 _OPEN_PATHS = ("/api/", "/healthz", "/metrics", "/openapi.json", "/docs", "/redoc")

@@ -705,8 +705,12 @@ class HistoryEngine:
                 )
                 info.cancel_requested = True
                 if info.started_time is None:
-                    # Never reported started (queued or backing off): cancel at once.
-                    b.add_input(E.ActivityTaskCanceled, scheduled_event_id=info.scheduled_event_id)
+                    # Never reported started (queued or backing off): cancel at once. The event is an
+                    # input for the *next* task, so it is buffered and appended after this task's
+                    # command events (appending it here would interleave it with them).
+                    s.buffered_events.append(
+                        {"cls": "ActivityTaskCanceled", "time": b.now, "scheduled_event_id": info.scheduled_event_id}
+                    )
                     del s.activities[info.scheduled_event_id]
             case C.StartTimer():
                 if command.timer_id in s.timers:

@@ -21,6 +21,7 @@ from orchestrator.api.tasks import TimerTask, TransferTask
 from orchestrator.errors import (
     NamespaceNotFoundError,
     OrchestratorError,
+    ShardNotOwnedError,
     UnavailableError,
     WorkflowAlreadyStartedError,
     WorkflowNotFoundError,
@@ -33,6 +34,7 @@ from orchestrator.persistence.base import (
     CurrentRunConflictError,
     ExecutionWrite,
     HistoryStore,
+    ShardOwnershipLostError,
     StoreError,
     UnsupportedEventVersionError,
     shard_for,
@@ -101,6 +103,9 @@ class HistoryService:
         self.clock: Clock = clock or SystemClock()
         self.owner = owner
         self.range_ids: dict[int, int] = {}
+        self.owned_shards_only = False
+        """Refuse to touch a workflow of a shard not in ``range_ids`` (:class:`ShardNotOwnedError`)
+        instead of writing with range_id 0: set when shards are shared by many processes."""
         self._cache: OrderedDict[Key, _Entry] = OrderedDict()
         self._cache_size = cache_size
         self.transfer_sink: TaskSink | None = None
@@ -116,6 +121,30 @@ class HistoryService:
     async def acquire_shards(self) -> None:
         for shard in range(self.num_shards):
             self.range_ids[shard] = await self.store.acquire_shard(shard, self.owner)
+
+    def add_shard(self, shard: int, range_id: int) -> None:
+        """Own ``shard`` at ``range_id`` (acquired by the membership controller)."""
+        self._drop_cached(shard)  # written by another owner since: never trust an older cache
+        self.range_ids[shard] = range_id
+
+    def drop_shard(self, shard: int) -> None:
+        """Stop owning ``shard``: no more writes to it from here, and its cached states are gone
+        (another process may write them from now on)."""
+        if self.range_ids.pop(shard, None) is not None:
+            log.info("dropped shard %d", shard)
+        self._drop_cached(shard)
+
+    def _drop_cached(self, shard: int) -> None:
+        for key in [k for k in self._cache if self.shard_of(k[0], k[1]) == shard]:
+            entry = self._cache.pop(key)
+            entry.state = None
+
+    def owns(self, namespace: str, workflow_id: str) -> bool:
+        return not self.owned_shards_only or self.shard_of(namespace, workflow_id) in self.range_ids
+
+    def _require_owner(self, namespace: str, workflow_id: str) -> None:
+        if not self.owns(namespace, workflow_id):
+            raise ShardNotOwnedError(self.shard_of(namespace, workflow_id))
 
     # cache ------------------------------------------------------------------------------
     def _entry(self, key: Key) -> _Entry:
@@ -149,7 +178,7 @@ class HistoryService:
             return await awaitable
         except UnsupportedEventVersionError as exc:
             raise ApiUnsupportedEventVersion(str(exc)) from exc
-        except (ConditionFailedError, CurrentRunConflictError):
+        except (ConditionFailedError, CurrentRunConflictError, ShardOwnershipLostError):
             raise
         except StoreError as exc:
             raise UnavailableError(f"history store error: {exc}") from exc
@@ -163,6 +192,7 @@ class HistoryService:
         return str(current.run_id)
 
     async def get_state(self, namespace: str, workflow_id: str, run_id: str = "") -> ExecutionState:
+        self._require_owner(namespace, workflow_id)
         run_id = await self.resolve_run_id(namespace, workflow_id, run_id)
         key = (namespace, workflow_id, run_id)
         entry = self._entry(key)
@@ -178,6 +208,7 @@ class HistoryService:
         op: Callable[[ExecutionState, float], Mutation],
     ) -> Mutation:
         """Run ``op(state, now)`` on the run and commit its mutation (CAS, retried on conflict)."""
+        self._require_owner(namespace, workflow_id)
         run_id = await self.resolve_run_id(namespace, workflow_id, run_id)
         key = (namespace, workflow_id, run_id)
         entry = self._entry(key)
@@ -233,7 +264,14 @@ class HistoryService:
         if mutation.follow_up is not None:
             writes.append(self._write_of(mutation.follow_up))
         shard = self.shard_of(mutation.state.namespace, mutation.state.workflow_id)
-        await self._store_call(self.store.write(shard, self.range_ids.get(shard, 0), writes))
+        if self.owned_shards_only and shard not in self.range_ids:
+            raise ShardNotOwnedError(shard)  # dropped while this write was being prepared
+        try:
+            await self._store_call(self.store.write(shard, self.range_ids.get(shard, 0), writes))
+        except ShardOwnershipLostError as exc:
+            # Another process acquired the shard: nothing was written. Stop owning it here.
+            self.drop_shard(shard)
+            raise ShardNotOwnedError(shard) from exc
 
     @staticmethod
     def _write_of(m: Mutation) -> ExecutionWrite:
@@ -277,6 +315,7 @@ class HistoryService:
 
     async def start(self, req: StartRequest) -> tuple[str, bool]:
         """Start a run per the id reuse policy. Returns (run_id, started)."""
+        self._require_owner(req.namespace, req.workflow_id)
         await self.check_namespace(req.namespace)
         for _ in range(self.MAX_CAS_RETRIES):
             current = await self._store_call(self.store.get_current_run(req.namespace, req.workflow_id))
@@ -305,6 +344,7 @@ class HistoryService:
         raise WorkflowAlreadyStartedError(f"workflow {req.workflow_id!r} is being started concurrently")
 
     async def signal_with_start(self, req: StartRequest) -> tuple[str, bool]:
+        self._require_owner(req.namespace, req.workflow_id)
         current = await self._store_call(self.store.get_current_run(req.namespace, req.workflow_id))
         if current is not None and current.status == "Running":
             try:
@@ -331,6 +371,7 @@ class HistoryService:
         timeout: float,
     ) -> ExecutionState:
         """Wait until ``predicate(state)`` holds or ``timeout`` passes; returns the latest state."""
+        self._require_owner(namespace, workflow_id)
         run_id = await self.resolve_run_id(namespace, workflow_id, run_id)
         key = (namespace, workflow_id, run_id)
         entry = self._entry(key)

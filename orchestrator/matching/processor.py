@@ -16,8 +16,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
+
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from brokers import envelope as env
 from brokers.base import Broker, BrokerError, queue_name
@@ -32,7 +35,9 @@ from orchestrator.errors import (
     OrchestratorError,
     QueryFailedError,
     QueryTimeoutError,
+    ShardNotOwnedError,
     StaleTaskError,
+    UnavailableError,
     WorkflowNotFoundError,
 )
 from orchestrator.history.engine import StartRequest, activity_deadline
@@ -101,7 +106,7 @@ class TransferQueueProcessor:
 
     async def sweep(self) -> None:
         """Re-drive outbox rows: everything still there that is not being processed."""
-        for shard in self.history.range_ids:
+        for shard in list(self.history.range_ids):  # a copy: shards come and go while this awaits
             for task in await self.history.store.get_transfer_tasks(shard, limit=10_000):
                 self.submit_transfer([task])
         await self._flush_deletes()
@@ -397,6 +402,10 @@ class CompletionHandler:
         self.matching = matching
         self.token_key = token_key
         self._consumer: asyncio.Task[None] | None = None
+        self.store_outage_patience = 20.0
+        """Seconds a reply from the completions queue is retried through a store outage."""
+        self.forward: Callable[[int, bytes], Awaitable[bool]] | None = None
+        """Hands a reply for a shard owned by another process to that process (True: applied there)."""
 
     async def handle(self, reply: env.Reply) -> bool:
         """Apply one reply; returns ``cancel_requested`` for heartbeats. Raises OrchestratorError."""
@@ -459,6 +468,18 @@ class CompletionHandler:
             self._consumer.cancel()
             await asyncio.gather(self._consumer, return_exceptions=True)
 
+    async def _handle_patiently(self, reply: env.Reply) -> None:
+        """Apply a reply, riding out a store outage while the message stays leased: requeueing at
+        once would burn its deliveries in seconds and dead-letter a perfectly valid reply."""
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type(UnavailableError),
+            wait=wait_exponential(multiplier=0.1, max=2.0),
+            stop=stop_after_delay(self.store_outage_patience),
+            reraise=True,
+        ):
+            with attempt:
+                await self.handle(reply)
+
     async def _consume(self) -> None:
         broker, queue = self.matching.broker, self.matching.completions_queue
         while True:
@@ -470,13 +491,18 @@ class CompletionHandler:
             for d in deliveries:
                 try:
                     reply = env.parse_reply(d.body)
-                    await self.handle(reply)
+                    await self._handle_patiently(reply)
                 except env.EnvelopeError as exc:
                     METRICS.completions_rejected.labels(reason=exc.reason).inc()
                     await broker.nack(d, requeue=False, reason=f"{exc.reason}: {exc}")
                     continue
                 except StaleTaskError:
                     pass  # a duplicate or late reply: counted, dropped, never applied twice
+                except ShardNotOwnedError as exc:
+                    # Another process owns the workflow's shard: hand the reply to it.
+                    if self.forward is None or not await self.forward(exc.shard, d.body):
+                        await broker.nack(d, requeue=True, reason=exc.message)
+                        continue
                 except InvalidTaskTokenError as exc:
                     await broker.nack(d, requeue=False, reason=f"{exc.code}: {exc.message}")
                     continue

@@ -19,7 +19,9 @@ from orchestrator.persistence.base import (
     CurrentRun,
     ExecutionWrite,
     HistoryStore,
+    MemberRecord,
     NamespaceRecord,
+    ShardInfo,
     VisibilityPage,
 )
 
@@ -43,8 +45,30 @@ class _DelegatingStore(HistoryStore):
     async def aclose(self) -> None:
         await self.inner.aclose()
 
-    async def acquire_shard(self, shard_id: int, owner: str) -> int:
-        return await self._around("acquire_shard", lambda: self.inner.acquire_shard(shard_id, owner))
+    async def acquire_shard(self, shard_id: int, owner: str, lease_seconds: float | None = None) -> int:
+        return await self._around(
+            "acquire_shard", lambda: self.inner.acquire_shard(shard_id, owner, lease_seconds)
+        )
+
+    async def renew_shard(self, shard_id: int, owner: str, range_id: int, lease_seconds: float) -> bool:
+        return await self._around(
+            "renew_shard", lambda: self.inner.renew_shard(shard_id, owner, range_id, lease_seconds)
+        )
+
+    async def release_shard(self, shard_id: int, owner: str, range_id: int) -> None:
+        await self._around("release_shard", lambda: self.inner.release_shard(shard_id, owner, range_id))
+
+    async def list_shards(self) -> list[ShardInfo]:
+        return await self._around("list_shards", lambda: self.inner.list_shards())
+
+    async def heartbeat_member(self, member_id: str, address: str, ttl: float) -> None:
+        await self._around("heartbeat_member", lambda: self.inner.heartbeat_member(member_id, address, ttl))
+
+    async def list_members(self) -> list[MemberRecord]:
+        return await self._around("list_members", lambda: self.inner.list_members())
+
+    async def remove_member(self, member_id: str) -> None:
+        await self._around("remove_member", lambda: self.inner.remove_member(member_id))
 
     async def write(self, shard_id: int, range_id: int, writes: list[ExecutionWrite]) -> None:
         await self._around("write", lambda: self.inner.write(shard_id, range_id, writes))

@@ -16,6 +16,7 @@ Choose a backend by URL with :func:`open_store`::
 from __future__ import annotations
 
 import abc
+import time
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +46,15 @@ class ShardOwnershipLostError(StoreError):
     """The shard's ``range_id`` moved on: this process no longer owns the shard."""
 
 
+class ShardLeaseHeldError(StoreError):
+    """Another owner holds a live lease on the shard: wait for it to expire or be released."""
+
+    def __init__(self, message: str, owner: str, lease_until: float) -> None:
+        super().__init__(message)
+        self.owner = owner
+        self.lease_until = lease_until
+
+
 class UnsupportedEventVersionError(StoreError):
     """A stored event was written by a newer version of the server."""
 
@@ -55,6 +65,16 @@ class StoreUnavailableError(StoreError):
 
 class AmbiguousWriteError(StoreError):
     """The write may or may not have committed (e.g. a timeout). Reload and compare."""
+
+
+def lease_held_error(shard_id: int, owner: str, lease_until: float) -> ShardLeaseHeldError:
+    """The error every backend raises when another owner's lease on ``shard_id`` is live."""
+    return ShardLeaseHeldError(
+        f"shard {shard_id} is leased by {owner!r} for {max(0.0, lease_until - time.time()):.1f} s more; "
+        "it can be acquired once that lease expires or is released",
+        owner,
+        lease_until,
+    )
 
 
 def shard_for(namespace: str, workflow_id: str, num_shards: int) -> int:
@@ -88,6 +108,28 @@ class VisibilityRecord:
     search_attributes: dict[str, Any] = field(default_factory=dict)
     memo: dict[str, Any] = field(default_factory=dict)
     parent_workflow_id: str | None = None
+
+
+@dataclass
+class ShardInfo:
+    """A shard's lease row: who owns it, its fencing ``range_id``, and until when the lease holds.
+
+    ``lease_until`` 0 means no lease (released, or acquired without one): anyone may take it.
+    """
+
+    shard_id: int
+    owner: str
+    range_id: int
+    lease_until: float = 0.0
+
+
+@dataclass
+class MemberRecord:
+    """A live orchestrator process: its id, the address of its frontend, and when its heartbeat expires."""
+
+    member_id: str
+    address: str
+    expires_at: float
 
 
 @dataclass
@@ -141,8 +183,42 @@ class HistoryStore(abc.ABC):
 
     # shards -----------------------------------------------------------------
     @abc.abstractmethod
-    async def acquire_shard(self, shard_id: int, owner: str) -> int:
-        """Take ownership of a shard: increments and returns its ``range_id``."""
+    async def acquire_shard(self, shard_id: int, owner: str, lease_seconds: float | None = None) -> int:
+        """Take ownership of a shard: increments and returns its ``range_id``.
+
+        Without ``lease_seconds`` the shard is taken unconditionally (one process owns every shard)
+        and holds no lease. With it, the shard is taken only when no *other* owner holds a live
+        lease (``lease_until > now``), else :class:`ShardLeaseHeldError`; the new lease lasts
+        ``lease_seconds``. The ``range_id`` increment fences every write of the previous owner.
+        """
+
+    @abc.abstractmethod
+    async def renew_shard(self, shard_id: int, owner: str, range_id: int, lease_seconds: float) -> bool:
+        """Extend ``owner``'s lease to ``now + lease_seconds`` if it still holds ``range_id``.
+
+        False: someone acquired the shard since (this process lost it).
+        """
+
+    @abc.abstractmethod
+    async def release_shard(self, shard_id: int, owner: str, range_id: int) -> None:
+        """End ``owner``'s lease now (graceful hand-off); a no-op if it no longer holds ``range_id``."""
+
+    @abc.abstractmethod
+    async def list_shards(self) -> list[ShardInfo]:
+        """Every shard row ever acquired, by shard id."""
+
+    # membership -------------------------------------------------------------
+    @abc.abstractmethod
+    async def heartbeat_member(self, member_id: str, address: str, ttl: float) -> None:
+        """Record that ``member_id`` (frontend at ``address``) is alive for the next ``ttl`` seconds."""
+
+    @abc.abstractmethod
+    async def list_members(self) -> list[MemberRecord]:
+        """Members whose heartbeat has not expired, by member id."""
+
+    @abc.abstractmethod
+    async def remove_member(self, member_id: str) -> None:
+        """Forget a member (graceful shutdown); a no-op for an unknown one."""
 
     # executions -------------------------------------------------------------
     @abc.abstractmethod

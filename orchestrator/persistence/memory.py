@@ -13,6 +13,7 @@ import asyncio
 import copy
 import dataclasses
 import itertools
+import time
 from typing import Any
 
 from orchestrator.api.events import HistoryEvent
@@ -38,9 +39,12 @@ from orchestrator.persistence.base import (
     CurrentRun,
     ExecutionWrite,
     HistoryStore,
+    MemberRecord,
     NamespaceRecord,
+    ShardInfo,
     VisibilityPage,
     VisibilityRecord,
+    lease_held_error,
 )
 
 
@@ -58,6 +62,8 @@ class MemoryHistoryStore(HistoryStore):
         self.url = "memory://"
         self._lock = asyncio.Lock()
         self._shards: dict[int, tuple[str, int]] = {}
+        self._leases: dict[int, float] = {}
+        self._members: dict[str, MemberRecord] = {}
         self._executions: dict[RunKey, tuple[int, str]] = {}
         self._current: dict[WorkflowKey, CurrentRun] = {}
         self._events: dict[RunKey, dict[int, str]] = {}
@@ -71,11 +77,45 @@ class MemoryHistoryStore(HistoryStore):
         return None
 
     # shards -----------------------------------------------------------------
-    async def acquire_shard(self, shard_id: int, owner: str) -> int:
+    async def acquire_shard(self, shard_id: int, owner: str, lease_seconds: float | None = None) -> int:
         async with self._lock:
-            range_id = self._shards.get(shard_id, ("", 0))[1] + 1
-            self._shards[shard_id] = (owner, range_id)
-            return range_id
+            held_by, range_id = self._shards.get(shard_id, ("", 0))
+            now = time.time()
+            lease_until = self._leases.get(shard_id, 0.0)
+            if lease_seconds is not None and held_by != owner and lease_until > now:
+                raise lease_held_error(shard_id, held_by, lease_until)
+            self._shards[shard_id] = (owner, range_id + 1)
+            self._leases[shard_id] = 0.0 if lease_seconds is None else now + lease_seconds
+            return range_id + 1
+
+    async def renew_shard(self, shard_id: int, owner: str, range_id: int, lease_seconds: float) -> bool:
+        async with self._lock:
+            if self._shards.get(shard_id) != (owner, range_id):
+                return False
+            self._leases[shard_id] = time.time() + lease_seconds
+            return True
+
+    async def release_shard(self, shard_id: int, owner: str, range_id: int) -> None:
+        async with self._lock:
+            if self._shards.get(shard_id) == (owner, range_id):
+                self._leases[shard_id] = 0.0
+
+    async def list_shards(self) -> list[ShardInfo]:
+        return [
+            ShardInfo(shard_id, owner, range_id, self._leases.get(shard_id, 0.0))
+            for shard_id, (owner, range_id) in sorted(self._shards.items())
+        ]
+
+    # membership -------------------------------------------------------------
+    async def heartbeat_member(self, member_id: str, address: str, ttl: float) -> None:
+        self._members[member_id] = MemberRecord(member_id, address, time.time() + ttl)
+
+    async def list_members(self) -> list[MemberRecord]:
+        now = time.time()
+        return [dataclasses.replace(m) for _, m in sorted(self._members.items()) if m.expires_at > now]
+
+    async def remove_member(self, member_id: str) -> None:
+        self._members.pop(member_id, None)
 
     # executions -------------------------------------------------------------
     async def write(self, shard_id: int, range_id: int, writes: list[ExecutionWrite]) -> None:

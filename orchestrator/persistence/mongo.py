@@ -115,11 +115,14 @@ from orchestrator.persistence.base import (
     CurrentRun,
     ExecutionWrite,
     HistoryStore,
+    MemberRecord,
     NamespaceRecord,
+    ShardInfo,
     StoreError,
     StoreUnavailableError,
     VisibilityPage,
     VisibilityRecord,
+    lease_held_error,
 )
 
 _log = logging.getLogger(__name__)
@@ -377,11 +380,19 @@ class MongoHistoryStore(HistoryStore):
         return StoreError(f"{self.url}: MongoDB error ({exc}); {what}")
 
     # shards -----------------------------------------------------------------
-    async def acquire_shard(self, shard_id: int, owner: str) -> int:
+    async def acquire_shard(self, shard_id: int, owner: str, lease_seconds: float | None = None) -> int:
         async def acquire(session: AsyncClientSession) -> int:
+            now = time.time()
+            if lease_seconds is not None:
+                # Read in the transaction: a concurrent acquirer or renewer writes this document
+                # too, so one of the two transactions conflicts and re-reads.
+                held = await self._coll("shards").find_one({"_id": shard_id}, session=session)
+                if held is not None and held.get("owner") != owner and float(held.get("lease_until", 0.0)) > now:
+                    raise lease_held_error(shard_id, str(held["owner"]), float(held["lease_until"]))
+            lease_until = 0.0 if lease_seconds is None else now + lease_seconds
             shard = await self._coll("shards").find_one_and_update(
                 {"_id": shard_id},
-                {"$inc": {"range_id": 1}, "$set": {"owner": owner, "acquired_at": time.time()}},
+                {"$inc": {"range_id": 1}, "$set": {"owner": owner, "acquired_at": now, "lease_until": lease_until}},
                 upsert=True,
                 return_document=ReturnDocument.AFTER,
                 session=session,
@@ -404,6 +415,46 @@ class MongoHistoryStore(HistoryStore):
             return range_id
 
         return await self._transaction(f"the acquisition of shard {shard_id}", acquire)
+
+    async def renew_shard(self, shard_id: int, owner: str, range_id: int, lease_seconds: float) -> bool:
+        with self._errors(f"the lease of shard {shard_id} was not renewed"):
+            result = await self._coll("shards").update_one(
+                {"_id": shard_id, "owner": owner, "range_id": range_id},
+                {"$set": {"lease_until": time.time() + lease_seconds}},
+            )
+        return result.matched_count == 1
+
+    async def release_shard(self, shard_id: int, owner: str, range_id: int) -> None:
+        with self._errors(f"the lease of shard {shard_id} was not released"):
+            await self._coll("shards").update_one(
+                {"_id": shard_id, "owner": owner, "range_id": range_id}, {"$set": {"lease_until": 0.0}}
+            )
+
+    async def list_shards(self) -> list[ShardInfo]:
+        with self._errors("read failed"):
+            docs = await self._coll("shards").find({}, sort=[("_id", ASCENDING)]).to_list()
+        return [
+            ShardInfo(int(d["_id"]), str(d.get("owner", "")), int(d["range_id"]), float(d.get("lease_until", 0.0)))
+            for d in docs
+        ]
+
+    # membership -------------------------------------------------------------
+    async def heartbeat_member(self, member_id: str, address: str, ttl: float) -> None:
+        with self._errors(f"the heartbeat of member {member_id} was not recorded"):
+            await self._coll("members").replace_one(
+                {"_id": member_id}, {"address": address, "expires_at": time.time() + ttl}, upsert=True
+            )
+
+    async def list_members(self) -> list[MemberRecord]:
+        with self._errors("read failed"):
+            docs = await self._coll("members").find(
+                {"expires_at": {"$gt": time.time()}}, sort=[("_id", ASCENDING)]
+            ).to_list()
+        return [MemberRecord(str(d["_id"]), str(d["address"]), float(d["expires_at"])) for d in docs]
+
+    async def remove_member(self, member_id: str) -> None:
+        with self._errors(f"member {member_id} was not removed"):
+            await self._coll("members").delete_one({"_id": member_id})
 
     # executions -------------------------------------------------------------
     async def write(self, shard_id: int, range_id: int, writes: list[ExecutionWrite]) -> None:

@@ -39,6 +39,7 @@ import shutil
 import sqlite3
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, cast
@@ -68,11 +69,14 @@ from orchestrator.persistence.base import (
     CurrentRun,
     ExecutionWrite,
     HistoryStore,
+    MemberRecord,
     NamespaceRecord,
+    ShardInfo,
     StoreError,
     StoreUnavailableError,
     VisibilityPage,
     VisibilityRecord,
+    lease_held_error,
 )
 
 _log = logging.getLogger(__name__)
@@ -89,6 +93,15 @@ CREATE TABLE IF NOT EXISTS shards (
     shard_id INTEGER PRIMARY KEY,
     owner TEXT NOT NULL,
     range_id INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS shard_leases (
+    shard_id INTEGER PRIMARY KEY,
+    lease_until REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS members (
+    member_id TEXT PRIMARY KEY,
+    address TEXT NOT NULL,
+    expires_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS executions (
     namespace TEXT NOT NULL,
@@ -413,17 +426,79 @@ class SqliteHistoryStore(HistoryStore):
         return await asyncio.get_running_loop().run_in_executor(self._reader, read)
 
     # shards -----------------------------------------------------------------
-    async def acquire_shard(self, shard_id: int, owner: str) -> int:
+    async def acquire_shard(self, shard_id: int, owner: str, lease_seconds: float | None = None) -> int:
         def acquire(conn: _Connection) -> int:
+            now = time.time()
+            row = conn.execute(
+                "SELECT s.owner, coalesce(l.lease_until, 0) FROM shards s "
+                "LEFT JOIN shard_leases l ON l.shard_id = s.shard_id WHERE s.shard_id = ?",
+                (shard_id,),
+            ).fetchone()
+            if lease_seconds is not None and row is not None and row[0] != owner and row[1] > now:
+                raise lease_held_error(shard_id, row[0], row[1])
             range_id = _range_id(conn, shard_id) + 1
             conn.execute(
                 "INSERT INTO shards (shard_id, owner, range_id) VALUES (?, ?, ?) ON CONFLICT (shard_id) "
                 "DO UPDATE SET owner = excluded.owner, range_id = excluded.range_id",
                 (shard_id, owner, range_id),
             )
+            _set_lease(conn, shard_id, 0.0 if lease_seconds is None else now + lease_seconds)
             return range_id
 
         return await self._change(acquire)
+
+    async def renew_shard(self, shard_id: int, owner: str, range_id: int, lease_seconds: float) -> bool:
+        def renew(conn: _Connection) -> bool:
+            if not _holds(conn, shard_id, owner, range_id):
+                return False
+            _set_lease(conn, shard_id, time.time() + lease_seconds)
+            return True
+
+        return await self._change(renew)
+
+    async def release_shard(self, shard_id: int, owner: str, range_id: int) -> None:
+        def release(conn: _Connection) -> None:
+            if _holds(conn, shard_id, owner, range_id):
+                _set_lease(conn, shard_id, 0.0)
+
+        await self._change(release)
+
+    async def list_shards(self) -> list[ShardInfo]:
+        def list_(conn: _Connection) -> list[ShardInfo]:
+            rows = conn.execute(
+                "SELECT s.shard_id, s.owner, s.range_id, coalesce(l.lease_until, 0) FROM shards s "
+                "LEFT JOIN shard_leases l ON l.shard_id = s.shard_id ORDER BY s.shard_id"
+            ).fetchall()
+            return [ShardInfo(int(r[0]), str(r[1]), int(r[2]), float(r[3])) for r in rows]
+
+        return await self._read(list_)
+
+    # membership -------------------------------------------------------------
+    async def heartbeat_member(self, member_id: str, address: str, ttl: float) -> None:
+        def beat(conn: _Connection) -> None:
+            conn.execute(
+                "INSERT INTO members (member_id, address, expires_at) VALUES (?, ?, ?) ON CONFLICT (member_id) "
+                "DO UPDATE SET address = excluded.address, expires_at = excluded.expires_at",
+                (member_id, address, time.time() + ttl),
+            )
+
+        await self._change(beat)
+
+    async def list_members(self) -> list[MemberRecord]:
+        def list_(conn: _Connection) -> list[MemberRecord]:
+            rows = conn.execute(
+                "SELECT member_id, address, expires_at FROM members WHERE expires_at > ? ORDER BY member_id",
+                (time.time(),),
+            ).fetchall()
+            return [MemberRecord(str(r[0]), str(r[1]), float(r[2])) for r in rows]
+
+        return await self._read(list_)
+
+    async def remove_member(self, member_id: str) -> None:
+        def remove(conn: _Connection) -> None:
+            conn.execute("DELETE FROM members WHERE member_id = ?", (member_id,))
+
+        await self._change(remove)
 
     # executions -------------------------------------------------------------
     async def write(self, shard_id: int, range_id: int, writes: list[ExecutionWrite]) -> None:
@@ -607,6 +682,19 @@ class SqliteHistoryStore(HistoryStore):
 
 
 # helpers run on the writer thread ----------------------------------------------
+def _holds(conn: _Connection, shard_id: int, owner: str, range_id: int) -> bool:
+    row = conn.execute("SELECT owner, range_id FROM shards WHERE shard_id = ?", (shard_id,)).fetchone()
+    return row is not None and row[0] == owner and int(row[1]) == range_id
+
+
+def _set_lease(conn: _Connection, shard_id: int, lease_until: float) -> None:
+    conn.execute(
+        "INSERT INTO shard_leases (shard_id, lease_until) VALUES (?, ?) ON CONFLICT (shard_id) "
+        "DO UPDATE SET lease_until = excluded.lease_until",
+        (shard_id, lease_until),
+    )
+
+
 def _range_id(conn: _Connection, shard_id: int) -> int:
     row = conn.execute("SELECT range_id FROM shards WHERE shard_id = ?", (shard_id,)).fetchone()
     return 0 if row is None else int(row[0])

@@ -143,8 +143,15 @@ class SystemWorker:
                 "worker does not have yet; schedules and batch operations will not run on this server"
             )
             return None
-        worker = cls(server.orchestrator, server.target)
-        await worker.start()
+        # A wildcard bind address is not one to connect to; loopback reaches the same socket.
+        host = "127.0.0.1" if server.host in ("0.0.0.0", "::", "") else server.host
+        worker = cls(server.orchestrator, f"{host}:{server.port}")
+        try:
+            await worker.start()
+        except Exception:  # noqa: BLE001 - the server is useful without it; say why it is missing
+            log.exception("system worker could not start; schedules and batch operations will not run")
+            await worker.stop()
+            return None
         return worker
 
     @property

@@ -60,6 +60,8 @@ MAX_ACTIONS_PER_RUN = 500
 """Actions (and wake-ups, counted together) after which the schedule continues as new."""
 MAX_ACTIONS_PER_TICK = 200
 """Most actions taken in one workflow task; more (a long backfill) go to the next ones."""
+MAX_MISSED_COUNTED = 10_000
+"""Fire times older than the catch-up window counted one by one per wake-up; the rest are skipped uncounted."""
 MAX_BUFFERED = 1000
 """BUFFER_ALL keeps at most this many waiting starts; later ones are skipped."""
 INHERITED_POLL = timedelta(minutes=1)
@@ -170,7 +172,10 @@ class ScheduleWorkflow:
             self.handled = seen
             if self.deleted:
                 break
-            if more or self.requests != seen:
+            if more:
+                await workflow.sleep(0.001)  # a new workflow task for the rest: bounded work per task
+                continue
+            if self.requests != seen:
                 continue
             if self.actions_this_run >= MAX_ACTIONS_PER_RUN:
                 # Let the updates just applied return first; one that arrives meanwhile is applied
@@ -204,6 +209,7 @@ class ScheduleWorkflow:
         else:
             catchup = policy.catchup_window.total_seconds()
             t = self.st.last_processed
+            scanned = 0
             while budget > 0:
                 nominal = next_fire_time(self.schedule.spec, t)
                 if nominal is None or nominal + jitter_delay(self.id, nominal, self.schedule.spec.jitter) > now:
@@ -211,9 +217,13 @@ class ScheduleWorkflow:
                 t = nominal
                 state = self.schedule.state
                 if state.limited_actions and state.remaining_actions <= 0:
-                    continue
+                    t = now  # nothing more to run: no need to walk the fire times
+                    break
                 if now - nominal > catchup:
                     self.st.info.num_actions_missed_catchup_window += 1
+                    scanned += 1
+                    if scanned >= MAX_MISSED_COUNTED:
+                        t = max(t, now - catchup)  # a long outage of a frequent schedule: stop counting
                     continue
                 if state.limited_actions:
                     state.remaining_actions -= 1
@@ -243,7 +253,8 @@ class ScheduleWorkflow:
         times: list[float] = []
         if self.st.triggers or self.st.backfills or (self.st.buffer and not self.st.running):
             times.append(workflow.time())
-        if not self.schedule.state.paused:
+        state = self.schedule.state
+        if not state.paused and not (state.limited_actions and state.remaining_actions <= 0):
             nominal = next_fire_time(self.schedule.spec, self.st.last_processed)
             if nominal is not None:
                 times.append(nominal + jitter_delay(self.id, nominal, self.schedule.spec.jitter))
@@ -422,7 +433,9 @@ class ScheduleWorkflow:
         running = [ScheduleActionExecutionStartWorkflow(r.workflow_id, r.run_id) for r in self.st.running]
         next_times: list[datetime] = []
         t: float | None = self.st.last_processed
-        while len(next_times) < NEXT_ACTION_TIMES and t is not None:
+        state = self.schedule.state
+        limit = min(NEXT_ACTION_TIMES, state.remaining_actions) if state.limited_actions else NEXT_ACTION_TIMES
+        while len(next_times) < limit and t is not None:
             t = next_fire_time(self.schedule.spec, t)
             if t is not None:
                 next_times.append(_dt(t + jitter_delay(self.id, t, self.schedule.spec.jitter)))

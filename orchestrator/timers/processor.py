@@ -59,6 +59,11 @@ class TimerQueueProcessor:
             self._next_hint = earliest
             self._wake.set()
 
+    def wake(self) -> None:
+        """Look at the store again now (e.g. shards were just acquired: their timer rows are due)."""
+        self._next_hint = None
+        self._wake.set()
+
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="timer-queue")
 
@@ -72,16 +77,16 @@ class TimerQueueProcessor:
         while True:
             try:
                 await self._fire_due()
+                await self._sleep_until_next()  # reads the store too: same back-off when it fails
                 failures = 0
-            except Exception:  # noqa: BLE001 - store trouble: back off and try again
+            except Exception:  # noqa: BLE001 - store trouble: back off and try again, never die
                 failures += 1
                 log.exception("timer processing failed")
                 await asyncio.sleep(min(0.1 * 2**failures, 5.0))
-                continue
-            await self._sleep_until_next()
 
     async def _next_fire_time(self) -> float | None:
-        times = [await self.history.store.next_timer_time(shard) for shard in self.history.range_ids]
+        # A copy: the membership controller adds and drops shards while this awaits.
+        times = [await self.history.store.next_timer_time(shard) for shard in list(self.history.range_ids)]
         known = [t for t in times if t is not None]
         return min(known) if known else None
 

@@ -2,6 +2,7 @@
 
     sagas server start-dev                        # SQLite in a temp file, built-in broker, port 7233
     sagas server start-dev --db-filename sagas.db # keep history across restarts
+    sagas server start --config config/production.yaml   # services, store, broker, cluster from a file
     sagas server start-dev --tls-cert server.pem --tls-key server-key.pem [--tls-client-ca ca.pem] \
         --auth-config auth.yaml                   # HTTPS (mutual TLS), JWT / API key authorization
 
@@ -18,10 +19,13 @@ import logging
 import signal
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from orchestrator.config import ServerConfig
 
 server_app = typer.Typer(help="Run the orchestrator server.", no_args_is_help=True)
 console = Console(stderr=True)
@@ -111,6 +115,93 @@ def start_dev(
         security["dynamic_config_path"] = str(Path(dynamic_config).resolve())
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve_dev(db_filename, ip, port, log_level, ready_file, security))
+
+
+def dev_server_options(cfg: ServerConfig) -> dict[str, Any]:
+    """:class:`~orchestrator.server.DevServer` keyword arguments of a validated config file."""
+    import socket
+    import uuid
+
+    from orchestrator.server import ClusterOptions
+
+    f = cfg.frontend
+    options = security_options(
+        f.tls.cert_file if f.tls else None,
+        f.tls.key_file if f.tls else None,
+        f.tls.client_ca_file if f.tls else None,
+        f.auth_config,
+    )
+    cluster = None
+    if cfg.cluster is not None:
+        member_id = cfg.cluster.member_id or f"{socket.gethostname()}:{f.port}:{uuid.uuid4().hex[:8]}"
+        cluster = ClusterOptions(
+            member_id=member_id,
+            address=f.advertise_address or "",
+            lease_seconds=cfg.cluster.lease_seconds,
+            heartbeat_seconds=cfg.cluster.heartbeat_seconds,
+        )
+    options.update(
+        store_url=cfg.store_url,
+        broker_url=cfg.broker.url,
+        host=f.host,
+        port=f.port,
+        log_level=cfg.log.level,
+        num_shards=cfg.persistence.num_history_shards,
+        prefix=cfg.prefix,
+        cluster=cluster,
+        history_enabled="history" in cfg.services,
+        system_worker="worker" in cfg.services,
+        dynamic_config_path=str(Path(cfg.dynamic_config_path).resolve()) if cfg.dynamic_config_path else None,
+    )
+    return options
+
+
+async def serve_config(cfg: ServerConfig, source: str, ready_file: str | None) -> None:
+    """Run the services ``cfg`` names until SIGINT/SIGTERM (SIGTERM hands the shards over)."""
+    from orchestrator.errors import ConfigurationError
+    from orchestrator.server import DevServer
+
+    try:
+        server = DevServer(**dev_server_options(cfg))
+        await server.start()
+    except ConfigurationError as exc:
+        console.print(f"[red]error:[/] {exc.message}" + (f" ({exc.hint})" if exc.hint else ""))
+        raise typer.Exit(1) from exc
+    except OSError as exc:
+        console.print(f"[red]error:[/] cannot listen on {cfg.frontend.host}:{cfg.frontend.port}: {exc.strerror or exc}")
+        raise typer.Exit(1) from exc
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    member = server.config.cluster.member_id if server.config.cluster else "owns every shard"
+    console.print(
+        f"[green]sagas server[/] ({source}: {', '.join(cfg.services)}; {member}) listening on {server.url}"
+    )
+    if ready_file:
+        Path(ready_file).write_text(server.target)
+    await stop.wait()
+    console.print("shutting down (handing shards over) ...")
+    await server.stop()
+
+
+@server_app.command("start")
+def start(
+    config: str = typer.Option(..., "--config", "-c", help="YAML server config (see config/*.yaml)."),
+    ready_file: str = typer.Option(None, "--ready-file", help="Write host:port to this file once serving (for scripts)."),
+) -> None:
+    """Run the services a config file names (production: many processes share the history shards)."""
+    from orchestrator.config import load_config
+    from orchestrator.errors import ConfigurationError
+
+    try:
+        cfg = load_config(config)
+    except ConfigurationError as exc:
+        console.print(f"[red]error:[/] {exc.message}")
+        raise typer.Exit(2) from exc
+    logging.basicConfig(level=cfg.log.level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve_config(cfg, config, ready_file))
 
 
 if __name__ == "__main__":

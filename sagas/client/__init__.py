@@ -9,6 +9,10 @@
     await handle.signal(BookTrip.approve, "ok")
     print(await handle.result())
 
+Schedules (:meth:`Client.create_schedule`, :class:`ScheduleHandle`) and batch
+operations (:meth:`Client.start_batch_operation`) are system workflows run by
+the server itself; see ``docs/schedules.md``.
+
 Every error is a :mod:`sagas.exceptions` type: ``WorkflowFailureError`` when
 the workflow failed (its ``cause`` says how), ``WorkflowNotFoundError``,
 ``WorkflowAlreadyStartedError``, ``WorkflowQueryFailedError``,

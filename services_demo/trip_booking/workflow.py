@@ -27,11 +27,14 @@ class TripBooking:
     async def run(self, trip: dict[str, Any]) -> dict[str, Any]:
         async with Saga() as saga:
             for kind, queue in (("car", "cars"), ("hotel", "hotels"), ("flight", "flights")):
+                # Register the undo *before* the step: a booking whose reply never arrived (a crash,
+                # a cancel mid-step) is still undone. The services' cancel is idempotent and leaves a
+                # tombstone, so undoing a step that never happened is harmless.
+                saga.add_compensation(f"cancel_{kind}", trip, task_queue=queue, start_to_close_timeout=STEP_TIMEOUT)
                 booking = await workflow.execute_activity(
                     f"book_{kind}", trip, task_queue=queue, start_to_close_timeout=STEP_TIMEOUT, retry_policy=RETRY
                 )
                 self.booked.append(kind)
-                saga.add_compensation(f"cancel_{kind}", trip, task_queue=queue, start_to_close_timeout=STEP_TIMEOUT)
                 trip = {**trip, f"{kind}_booking": booking["booking_id"]}
         return {"status": "booked", "trip": trip}
 

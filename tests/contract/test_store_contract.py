@@ -8,6 +8,7 @@ fresh, empty store) and a ``backend`` fixture (:class:`StoreBackend`), which
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from orchestrator.persistence.base import (
     ExecutionWrite,
     HistoryStore,
     NamespaceRecord,
+    ShardLeaseHeldError,
     ShardOwnershipLostError,
     UnsupportedEventVersionError,
 )
@@ -264,6 +266,53 @@ class HistoryStoreContract:
             await store.write(SHARD, 1, [create(make_state())])
         await store.write(SHARD, 0, [create(make_state())])
         assert await store.acquire_shard(SHARD, "host-a") == 1
+
+    async def test_a_live_lease_keeps_other_owners_out_until_released(self, store: HistoryStore) -> None:
+        range_id = await store.acquire_shard(SHARD, "host-a", lease_seconds=60)
+        assert range_id == 1
+        with pytest.raises(ShardLeaseHeldError) as held:
+            await store.acquire_shard(SHARD, "host-b", lease_seconds=60)
+        assert held.value.owner == "host-a" and held.value.lease_until > time.time()
+        # The holder may re-acquire (a restart with the same member id); that fences its old range.
+        assert await store.acquire_shard(SHARD, "host-a", lease_seconds=60) == 2
+        assert await store.renew_shard(SHARD, "host-a", 2, 60) is True
+        assert await store.renew_shard(SHARD, "host-a", 1, 60) is False
+        await store.release_shard(SHARD, "host-b", 2)  # not the holder: a no-op
+        with pytest.raises(ShardLeaseHeldError):
+            await store.acquire_shard(SHARD, "host-b", lease_seconds=60)
+        await store.release_shard(SHARD, "host-a", 2)
+        assert await store.acquire_shard(SHARD, "host-b", lease_seconds=60) == 3
+        assert await store.renew_shard(SHARD, "host-a", 2, 60) is False
+        [info] = await store.list_shards()
+        assert (info.shard_id, info.owner, info.range_id) == (SHARD, "host-b", 3)
+        assert info.lease_until > time.time()
+        with pytest.raises(ShardOwnershipLostError):
+            await store.write(SHARD, 2, [create(make_state())])
+
+    async def test_an_expired_lease_can_be_taken_over(self, store: HistoryStore) -> None:
+        await store.acquire_shard(SHARD, "host-a", lease_seconds=0.2)
+        await asyncio.sleep(0.3)
+        assert await store.acquire_shard(SHARD, "host-b", lease_seconds=60) == 2
+        assert await store.renew_shard(SHARD, "host-a", 1, 60) is False
+        # Without a lease (one process owns everything) acquisition is unconditional.
+        assert await store.acquire_shard(SHARD, "dev") == 3
+        [info] = await store.list_shards()
+        assert (info.owner, info.lease_until) == ("dev", 0.0)
+
+    async def test_members_heartbeat_expire_and_leave(self, store: HistoryStore) -> None:
+        assert await store.list_members() == []
+        await store.heartbeat_member("m-b", "http://b:7233", ttl=60)
+        await store.heartbeat_member("m-a", "http://a:7233", ttl=60)
+        await store.heartbeat_member("m-c", "http://c:7233", ttl=0.2)
+        assert [m.member_id for m in await store.list_members()] == ["m-a", "m-b", "m-c"]
+        await store.heartbeat_member("m-a", "http://a2:7233", ttl=60)
+        await asyncio.sleep(0.3)
+        members = await store.list_members()
+        assert [(m.member_id, m.address) for m in members] == [("m-a", "http://a2:7233"), ("m-b", "http://b:7233")]
+        assert all(m.expires_at > time.time() for m in members)
+        await store.remove_member("m-b")
+        await store.remove_member("unknown")
+        assert [m.member_id for m in await store.list_members()] == ["m-a"]
 
     # outbox ------------------------------------------------------------------------
     async def test_transfer_tasks_come_back_in_insertion_order_and_are_deleted(

@@ -156,6 +156,12 @@ async def _call_every_method(store: HistoryStore) -> int:
     await store.get_namespace("default")
     await store.list_namespaces()
     await store.delete_execution(NS, "wf-x", "run-x")
+    await store.renew_shard(SHARD, "me", range_id, 10.0)
+    await store.list_shards()
+    await store.release_shard(SHARD + 1, "me", 0)
+    await store.heartbeat_member("me", "http://me", 10.0)
+    await store.list_members()
+    await store.remove_member("me")
     return range_id
 
 

@@ -109,3 +109,12 @@ async def test_a_change_takes_effect_in_a_running_server_without_restart(tmp_pat
         with pytest.raises(RPCError) as info:
             await env.client.start_workflow("Anything", big, id="after", task_queue="nobody")
         assert info.value.code == "payload_too_large" and "4096" in str(info.value)
+
+
+def test_every_setting_is_documented_with_its_default() -> None:
+    doc = (Path(__file__).parents[2] / "docs" / "dynamic-config.md").read_text()
+    for key, setting in SETTINGS.items():
+        row = next((line for line in doc.splitlines() if line.startswith(f"| `{key}` |")), None)
+        assert row is not None, f"{key} is not in docs/dynamic-config.md"
+        default = "null" if setting.default is None else str(setting.default)
+        assert f"| {default}" in row, f"docs/dynamic-config.md gives {key} another default than {default}"

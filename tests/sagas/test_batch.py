@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from orchestrator.system import SYSTEM_WORKFLOWS
 from sagas import workflow
 from sagas.client import (
     BatchCancel,
@@ -18,7 +19,7 @@ from sagas.client import (
     WorkflowAlreadyStartedError,
 )
 from sagas.testing import WorkflowEnvironment
-from sagas.worker import Worker
+from sagas.worker import Replayer, Worker
 
 TQ = "batch-targets"
 
@@ -77,6 +78,8 @@ async def test_batch_terminate_of_200_workflows_reports_accurately(env: Workflow
     # The rate limit is durable timers between pages: 4 pages of 50 at 50/s span at least 3 s of workflow time.
     assert (report.closed_at - report.started_at).total_seconds() >= 3
     assert await handle.describe() == report
+    history = await handle.workflow_handle.fetch_history()
+    await Replayer(workflows=SYSTEM_WORKFLOWS).replay_workflow(history)
     with pytest.raises(WorkflowAlreadyStartedError):
         await client.start_batch_operation(BatchTerminate(), query, id="cleanup")
 

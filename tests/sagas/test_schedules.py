@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from orchestrator.system import SYSTEM_WORKFLOWS
 from orchestrator.system import schedules as schedule_workflow
 from sagas import workflow
 from sagas.client import (
@@ -37,8 +38,9 @@ from sagas.client import (
     ScheduleUpdateInput,
     WorkflowExecution,
 )
+from sagas.exceptions import ApplicationError
 from sagas.testing import WorkflowEnvironment
-from sagas.worker import Worker
+from sagas.worker import Replayer, Worker
 
 HOUR = timedelta(hours=1)
 TQ = "scheduled"
@@ -70,7 +72,7 @@ class Nap:
 @pytest.fixture
 async def env() -> AsyncIterator[WorkflowEnvironment]:
     async with await WorkflowEnvironment.start_time_skipping() as environment:
-        async with Worker(environment.client, task_queue=TQ, workflows=[Quick, Slow, Nap], poll_wait=0.1):
+        async with Worker(environment.client, task_queue=TQ, workflows=[Quick, Slow, Nap, Fails], poll_wait=0.1):
             yield environment
 
 
@@ -161,6 +163,9 @@ async def test_overlap_policy(env: WorkflowEnvironment, policy: ScheduleOverlapP
         closed = "Terminated" if policy == ScheduleOverlapPolicy.TERMINATE_OTHER else "Canceled"
         for run in runs[:3]:
             assert (await env.client.get_workflow_handle(run.id).describe()).status == closed
+    # The schedule workflow's history replays against today's code (determinism).
+    history = await env.client.get_workflow_handle("sagas-schedule:overlap").fetch_history()
+    await Replayer(workflows=SYSTEM_WORKFLOWS).replay_workflow(history)
 
 
 async def test_paused_schedule_does_not_fire_but_trigger_does(env: WorkflowEnvironment) -> None:
@@ -182,6 +187,30 @@ async def test_paused_schedule_does_not_fire_but_trigger_does(env: WorkflowEnvir
 
     await wait_for(fired, "fires after unpause")
     await handle.delete()
+
+
+@workflow.defn
+class Fails:
+    @workflow.run
+    async def run(self) -> None:
+        raise ApplicationError("boom", non_retryable=True)
+
+
+async def test_limited_actions_trigger_immediately_and_pause_on_failure(env: WorkflowEnvironment) -> None:
+    limited = hourly(Quick.run, "limited")
+    limited.state = ScheduleState(limited_actions=True, remaining_actions=2)
+    await env.client.create_schedule("two-only", limited, trigger_immediately=True)
+    failing = hourly(Fails.run)
+    failing.policy = SchedulePolicy(pause_on_failure=True)
+    failing_handle = await env.client.create_schedule("fails", failing)
+    await env.client.execute_workflow(Nap.run, 5, id="five-hours", task_queue=TQ)
+    # The immediate trigger does not count against the two scheduled actions.
+    assert len(await runs_of(env.client, "two-only")) == 3
+    desc = (await env.client.get_schedule_handle("two-only").describe())
+    assert desc.schedule.state.remaining_actions == 0 and desc.info.next_action_times == []
+    failed = await failing_handle.describe()
+    assert failed.schedule.state.paused and "failed" in (failed.schedule.state.note or "")
+    assert failed.info.num_actions >= 1 and not failed.info.running_actions
 
 
 async def test_backfill_a_week_of_an_hourly_schedule_starts_168_runs(env: WorkflowEnvironment) -> None:
@@ -221,6 +250,11 @@ async def test_schedule_continues_as_new_and_keeps_its_state(
     await handle.pause()
     chain = [r async for r in env.client.list_workflows("WorkflowId = 'sagas-schedule:long-lived'")]
     assert sum(r.status == "ContinuedAsNew" for r in chain) >= 2
+    replayer = Replayer(workflows=SYSTEM_WORKFLOWS)
+    for run in chain:
+        await replayer.replay_workflow(
+            await env.client.get_workflow_handle(run.id, run_id=run.run_id).fetch_history()
+        )
     desc = await handle.describe()
     assert desc.info.num_actions == len(await runs_of(env.client, "long-lived"))
     assert desc.schedule.state.paused

@@ -1,0 +1,44 @@
+"""Version 2 of the Order workflow: a fraud check after the charge, behind a patch."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from order_activities import charge, check_fraud, ship
+
+from sagas import workflow
+
+T = timedelta(seconds=10)
+
+
+# --8<-- [start:workflow]
+@workflow.defn(name="Order")
+class Order:
+    def __init__(self) -> None:
+        self.packed = False
+
+    @workflow.run
+    async def run(self, order_id: str) -> list[str]:
+        steps = [
+            await workflow.execute_activity(charge, order_id, start_to_close_timeout=T)
+        ]
+        if workflow.patched("fraud-check"):
+            # Runs that reach this line under v2 take the new path; runs that passed
+            # here under v1 keep the old one on replay.
+            steps.append(
+                await workflow.execute_activity(
+                    check_fraud, order_id, start_to_close_timeout=T
+                )
+            )
+        await workflow.wait_condition(lambda: self.packed)
+        steps.append(
+            await workflow.execute_activity(ship, order_id, start_to_close_timeout=T)
+        )
+        return steps
+
+    @workflow.signal
+    def mark_packed(self) -> None:
+        self.packed = True
+
+
+# --8<-- [end:workflow]
