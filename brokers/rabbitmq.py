@@ -508,7 +508,7 @@ def _message(delivery: Delivery) -> AbstractIncomingMessage:
 
 def _is_stale(message: AbstractIncomingMessage) -> bool:
     try:
-        return message.channel.is_closed
+        return bool(message.channel.is_closed)
     except ChannelInvalidStateError:
         return True
 

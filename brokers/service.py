@@ -97,6 +97,11 @@ async def serve(
     stop = stop or asyncio.Event()
     running: set[asyncio.Task[None]] = set()
     slots = asyncio.Semaphore(concurrency)
+
+    def _finished(task: asyncio.Task[None]) -> None:
+        running.discard(task)
+        slots.release()
+
     try:
         await broker.declare_queue(queue)
         if ready:
@@ -112,7 +117,7 @@ async def serve(
                 await slots.acquire()
                 t = asyncio.create_task(_handle_one(broker, d, handler, reply_to))
                 running.add(t)
-                t.add_done_callback(lambda t: (running.discard(t), slots.release()))
+                t.add_done_callback(_finished)
         await asyncio.gather(*running, return_exceptions=True)
     finally:
         await broker.aclose()

@@ -16,8 +16,6 @@ class _Metrics:
     timers_fired: Counter
     timer_lag: Histogram
     workflows_started: Counter
-    http_requests: Counter
-    open_workflows: Gauge
     history_stream_published: Counter
     history_stream_dropped: Counter
     history_stream_lag: Gauge
@@ -38,8 +36,6 @@ METRICS = _Metrics(
         buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
     ),
     workflows_started=Counter("sagas_workflows_started_total", "Workflow runs started"),
-    http_requests=Counter("sagas_http_requests_total", "Frontend requests", ["route", "status"]),
-    open_workflows=Gauge("sagas_open_workflows", "Open runs in the history cache"),
     history_stream_published=Counter(
         "sagas_history_stream_published_total", "History events published to the {prefix}.history stream"
     ),

@@ -15,9 +15,11 @@ frontend's ``/api/v1/queues`` endpoints (``local://host:port``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import socket
 import ssl
@@ -203,6 +205,10 @@ class Orchestrator:
         self.matching = TransferQueueProcessor(self.history, self.broker, token_key=token_key, prefix=cfg.prefix)
         self.completions = CompletionHandler(self.history, self.matching, token_key=token_key)
         idle = self._idle if cfg.time_skipping else None
+        if cfg.time_skipping:
+            # The clock jumps to the next timer whenever the system is idle: a retention timer would
+            # delete a closed run's history right after it closed, before the test could read it.
+            self.history.engine.retention_of = lambda namespace: math.inf
         self.timers = TimerQueueProcessor(self.history, idle=idle)
         self.history.transfer_sink = self.matching
         self.history.timer_sink = self.timers
@@ -386,7 +392,8 @@ class DevServer:
             **tls_options,
         )
         self._server = uvicorn.Server(config)
-        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        # The process's owner (the CLI, a test) handles SIGINT/SIGTERM, not uvicorn.
+        self._server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
         self._serve_task = asyncio.create_task(self._server.serve(sockets=[sock]))
         while not self._server.started:
             if self._serve_task.done():

@@ -14,10 +14,12 @@ also take a token from the namespace's rate limit.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import re
 import uuid
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -56,6 +58,8 @@ from orchestrator.metrics import METRICS
 
 if TYPE_CHECKING:
     from orchestrator.server import Orchestrator
+
+log = logging.getLogger("sagas.frontend")
 
 SERVER_VERSION = "0.1.0"
 
@@ -161,6 +165,11 @@ def create_app(orc: Orchestrator) -> FastAPI:
         kept = {k: v for k, v in response.headers.items() if k.lower() in ("content-type", "retry-after", "www-authenticate")}
         return Response(response.content, status_code=response.status_code, headers=kept)
 
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error in the frontend")
+        return error_response(OrchestratorError(f"internal error: {type(exc).__name__}: {exc}", hint="This is a bug: please report it with the server log."))
+
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
@@ -202,7 +211,10 @@ def create_app(orc: Orchestrator) -> FastAPI:
         known = set(orc.namespaces.names()) | history.known_namespaces
         return H.ClusterInfo(
             server_version=SERVER_VERSION,
-            worker_broker_url=orc.worker_broker_url,
+            # broker credentials only for those who may run workers
+            worker_broker_url=orc.worker_broker_url
+            if auth.allows(claims, Target.on_some_namespace(Permission.WORKER))
+            else _redact_url(orc.worker_broker_url),
             queue_prefix=orc.prefix,
             max_payload_bytes=max_body,
             namespaces=sorted(n for n in known if auth.allows(claims, Target.on(Permission.READ, n))),
@@ -484,6 +496,15 @@ def _history_warnings(s: ExecutionState, hard: int | None, warn: int | None) -> 
         f"history has {length} events, past the namespace's warning threshold of {warn}{limit}: "
         "use continue-as-new to start a fresh history"
     ]
+
+
+def _redact_url(url: str) -> str:
+    """``scheme://user:***@host/...``: the URL without its password."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 class _MalformedJson(InvalidArgumentError):

@@ -20,6 +20,7 @@ Rules worth knowing:
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -263,7 +264,8 @@ class _Builder:
         s.workflow_task = None
         self.visibility_changed = True
         self.transfer_task(TransferKind.CLOSE_EXECUTION, data={"status": str(status)})
-        self.timer_task(TimerKind.DELETE_HISTORY, self.now + retention_days * 86400)
+        if math.isfinite(retention_days):  # infinite: keep forever (the time-skipping test server)
+            self.timer_task(TimerKind.DELETE_HISTORY, self.now + retention_days * 86400)
 
     def mutation(self, **kwargs: Any) -> Mutation:
         s = self.state

@@ -189,3 +189,19 @@ async def test_poison_reply_on_completions_queue_goes_to_dlq(worker: MinimalWork
             break
         await worker.receive("sagas.nothing", wait=0.02)
     assert dlq[0]["queue"] == "sagas.completions" and dlq[0]["reason"].startswith("malformed_json")
+
+
+async def test_cluster_info_redacts_broker_password_for_non_workers(tmp_path: Path) -> None:
+    from orchestrator.frontend.app import _redact_url
+
+    assert _redact_url("amqp://guest:secret@127.0.0.1:5672/?x=1") == "amqp://guest:***@127.0.0.1:5672/?x=1"
+    assert _redact_url("local://127.0.0.1:7233") == "local://127.0.0.1:7233"
+
+
+async def test_unexpected_errors_are_json(worker: MinimalWorker, server: DevServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def boom(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("kaput")
+
+    monkeypatch.setattr(server.orchestrator.visibility, "count", boom)
+    r = await worker.http.get("/api/v1/namespaces/default/workflow-count")
+    assert r.status_code == 500 and r.json()["code"] == "internal" and "kaput" in r.json()["message"]

@@ -62,3 +62,14 @@ async def test_workflow_retry_policy_retries_the_run() -> None:
                 await env.client.execute_workflow(
                     FailsTwice.run, id="not-retried", task_queue="retry", retry_policy=RetryPolicy(maximum_attempts=2)
                 )
+
+
+async def test_time_skipping_keeps_closed_histories() -> None:
+    """The clock jumps to the next timer when idle; a retention timer must not be one of them."""
+    async with await WorkflowEnvironment.start_time_skipping() as env:
+        async with Worker(env.client, task_queue="keep", workflows=[Tick]):
+            handle = await env.client.start_workflow(Tick.run, id="kept", task_queue="keep")
+            await handle.result()
+            await asyncio.sleep(0.3)  # idle: let the time-skipping timer loop run a few rounds
+            history = await handle.fetch_history()
+    assert history.events[-1].event_type.value == "WorkflowExecutionCompleted"
