@@ -20,10 +20,10 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from brokers import envelope as env
-from brokers.base import Broker, BrokerError, queue_name
+from brokers.base import Broker, BrokerError, Delivery, queue_name
 from orchestrator.api import commands as C
 from orchestrator.api import events as E
 from orchestrator.api.common import Failure, WorkflowRef
@@ -42,6 +42,7 @@ from orchestrator.errors import (
 )
 from orchestrator.history.engine import StartRequest, activity_deadline
 from orchestrator.history.service import HistoryService
+from orchestrator.logging import reset_log_context, set_log_context
 from orchestrator.metrics import METRICS
 
 log = logging.getLogger("sagas.matching")
@@ -123,6 +124,9 @@ class TransferQueueProcessor:
         while True:
             task = await self._queue.get()
             self._busy += 1
+            ctx = set_log_context(
+                namespace=task.namespace, workflow_id=task.workflow_id, run_id=task.run_id, shard=task.shard_id
+            )
             try:
                 done = await self._process(task)
             except Exception as exc:  # noqa: BLE001 - the row stays; the sweep retries
@@ -130,6 +134,7 @@ class TransferQueueProcessor:
                 log.warning("transfer task %s %s failed: %s", task.kind, task.workflow_id, exc)
             finally:
                 self._busy -= 1
+                reset_log_context(ctx)
             self._inflight.discard(task.task_id)
             if done:
                 self._published.discard(task.task_id)
@@ -414,6 +419,18 @@ class CompletionHandler:
         except env.EnvelopeError as exc:
             METRICS.completions_rejected.labels(reason="invalid_token").inc()
             raise InvalidTaskTokenError(str(exc)) from exc
+        ctx = set_log_context(
+            namespace=token.namespace,
+            workflow_id=token.workflow_id,
+            run_id=token.run_id,
+            shard=self.history.shard_of(token.namespace, token.workflow_id),
+        )
+        try:
+            return await self._apply(reply, token)
+        finally:
+            reset_log_context(ctx)
+
+    async def _apply(self, reply: env.Reply, token: env.TaskToken) -> bool:
         engine = self.history.engine
         ns, wid, rid = token.namespace, token.workflow_id, token.run_id
         sid, attempt = token.scheduled_event_id, token.attempt
@@ -472,13 +489,20 @@ class CompletionHandler:
         """Apply a reply, riding out a store outage while the message stays leased: requeueing at
         once would burn its deliveries in seconds and dead-letter a perfectly valid reply."""
         async for attempt in AsyncRetrying(
-            retry=retry_if_exception_type(UnavailableError),
+            # a shard owned by another process is not an outage: the caller forwards at once
+            retry=retry_if_exception(lambda e: isinstance(e, UnavailableError) and not isinstance(e, ShardNotOwnedError)),
             wait=wait_exponential(multiplier=0.1, max=2.0),
             stop=stop_after_delay(self.store_outage_patience),
             reraise=True,
         ):
             with attempt:
                 await self.handle(reply)
+
+    @staticmethod
+    def _count_dead_letter(broker: Any, queue: str) -> None:
+        # The built-in broker counts its own dead letters (``on_dead_letter``); others are counted here.
+        if getattr(broker, "on_dead_letter", None) is None:
+            METRICS.dead_letters.labels(queue=queue).inc()
 
     async def _consume(self) -> None:
         broker, queue = self.matching.broker, self.matching.completions_queue
@@ -490,24 +514,36 @@ class CompletionHandler:
                 continue
             for d in deliveries:
                 try:
-                    reply = env.parse_reply(d.body)
-                    await self._handle_patiently(reply)
-                except env.EnvelopeError as exc:
-                    METRICS.completions_rejected.labels(reason=exc.reason).inc()
-                    await broker.nack(d, requeue=False, reason=f"{exc.reason}: {exc}")
-                    continue
-                except StaleTaskError:
-                    pass  # a duplicate or late reply: counted, dropped, never applied twice
-                except ShardNotOwnedError as exc:
-                    # Another process owns the workflow's shard: hand the reply to it.
-                    if self.forward is None or not await self.forward(exc.shard, d.body):
-                        await broker.nack(d, requeue=True, reason=exc.message)
-                        continue
-                except InvalidTaskTokenError as exc:
-                    await broker.nack(d, requeue=False, reason=f"{exc.code}: {exc.message}")
-                    continue
-                except Exception as exc:  # noqa: BLE001 - transient: let the broker redeliver
-                    log.warning("completion failed, will be redelivered: %s", exc)
-                    await broker.nack(d, requeue=True, reason=str(exc))
-                    continue
-                await broker.ack(d)
+                    await self._consume_one(broker, queue, d)
+                except BrokerError as exc:
+                    # Settling failed (the broker went away): it delivers the message again, and a
+                    # reply applied already is then dropped as stale. Never let this end the loop.
+                    METRICS.broker_errors.inc()
+                    log.warning("could not settle a completion on %s (it will be redelivered): %s", queue, exc)
+
+    async def _consume_one(self, broker: Broker, queue: str, d: Delivery) -> None:
+        """Apply one reply from the completions queue and settle it (BrokerError: settling failed)."""
+        try:
+            reply = env.parse_reply(d.body)
+            await self._handle_patiently(reply)
+        except env.EnvelopeError as exc:
+            METRICS.completions_rejected.labels(reason=exc.reason).inc()
+            await broker.nack(d, requeue=False, reason=f"{exc.reason}: {exc}")
+            self._count_dead_letter(broker, queue)
+            return
+        except StaleTaskError:
+            pass  # a duplicate or late reply: counted, dropped, never applied twice
+        except ShardNotOwnedError as exc:
+            # Another process owns the workflow's shard: hand the reply to it.
+            if self.forward is None or not await self.forward(exc.shard, d.body):
+                await broker.nack(d, requeue=True, reason=exc.message)
+                return
+        except InvalidTaskTokenError as exc:
+            await broker.nack(d, requeue=False, reason=f"{exc.code}: {exc.message}")
+            self._count_dead_letter(broker, queue)
+            return
+        except Exception as exc:  # noqa: BLE001 - transient: let the broker redeliver
+            log.warning("completion failed, will be redelivered: %s", exc)
+            await broker.nack(d, requeue=True, reason=str(exc))
+            return
+        await broker.ack(d)
