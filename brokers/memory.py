@@ -19,6 +19,7 @@ import itertools
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from brokers.base import Broker, BrokerError, DeadLetter, Delivery, parse_broker_url
@@ -51,6 +52,8 @@ class MemoryBroker(Broker):
         self._dead: deque[DeadLetter] = deque(maxlen=max_dead_letters)
         self._receipts = itertools.count(1)
         self._closed = False
+        self.on_dead_letter: Callable[[str], None] | None = None
+        """Called with the queue name whenever a message is dead-lettered (the server counts them)."""
 
     @classmethod
     def from_url(cls, url: str) -> MemoryBroker:
@@ -90,9 +93,14 @@ class MemoryBroker(Broker):
             msg, _ = q.leased.pop(receipt)
             self._requeue(name, q, msg, "visibility_timeout")
 
+    def _dead_letter(self, letter: DeadLetter) -> None:
+        self._dead.append(letter)
+        if self.on_dead_letter is not None:
+            self.on_dead_letter(letter.queue)
+
     def _requeue(self, name: str, q: _Queue, msg: _Message, reason: str) -> None:
         if msg.delivery_count >= self.max_deliveries:
-            self._dead.append(
+            self._dead_letter(
                 DeadLetter(name, msg.body, f"max_deliveries ({self.max_deliveries}) reached; last: {reason}", msg.headers, msg.message_id)
             )
             return
@@ -141,7 +149,7 @@ class MemoryBroker(Broker):
         if requeue:
             self._requeue(delivery.queue, self._queue(delivery.queue), msg, reason or "nack")
         else:
-            self._dead.append(DeadLetter(delivery.queue, msg.body, reason or "rejected", msg.headers, msg.message_id))
+            self._dead_letter(DeadLetter(delivery.queue, msg.body, reason or "rejected", msg.headers, msg.message_id))
 
     async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         return list(self._dead)[-limit:]
@@ -149,6 +157,9 @@ class MemoryBroker(Broker):
     def busy(self) -> bool:
         """True while any message is waiting or leased (used by time skipping)."""
         return any(q.ready or q.leased for q in self._queues.values())
+
+    def queue_names(self) -> list[str]:
+        return list(self._queues)
 
     def depth(self, queue: str) -> int:
         q = self._queues.get(queue)

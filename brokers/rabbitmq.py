@@ -292,7 +292,7 @@ class RabbitMQBroker(Broker):
             if bind_dlx:
                 exchange = await channel.declare_exchange(self.dead_letter_exchange, aio_pika.ExchangeType.FANOUT, durable=True)
                 await declared.bind(exchange)
-        except (AMQPError, OSError) as exc:
+        except (AMQPError, OSError, RuntimeError) as exc:  # RuntimeError: connection closed (node down)
             raise BrokerError(f"cannot declare queue {queue!r} on {self.display_url}: {exc}") from exc
         return declared
 
@@ -338,7 +338,7 @@ class RabbitMQBroker(Broker):
             try:
                 # A robust queue's consumer is re-registered after a reconnect.
                 await self._declared[queue].consume(buffer.put, no_ack=False)
-            except (AMQPError, OSError) as exc:
+            except (AMQPError, OSError, RuntimeError) as exc:
                 raise BrokerError(f"cannot consume from {queue!r} on {self.display_url}: {exc}") from exc
             self._buffers[queue] = buffer
             return buffer

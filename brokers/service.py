@@ -101,6 +101,9 @@ async def serve(
     def _finished(task: asyncio.Task[None]) -> None:
         running.discard(task)
         slots.release()
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            # e.g. settling failed while the broker was down: the broker delivers the task again
+            log.warning("handling a task from %s failed (it will be redelivered): %s", queue, exc)
 
     try:
         await broker.declare_queue(queue)

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 
 
 @dataclass(frozen=True)
@@ -16,6 +23,12 @@ class _Metrics:
     timers_fired: Counter
     timer_lag: Histogram
     workflows_started: Counter
+    workflows_closed: Counter
+    activity_schedule_to_start: Histogram
+    activity_start_to_close: Histogram
+    activity_schedule_to_close: Histogram
+    history_conflicts: Counter
+    dead_letters: Counter
     history_stream_published: Counter
     history_stream_dropped: Counter
     history_stream_lag: Gauge
@@ -35,7 +48,38 @@ METRICS = _Metrics(
         "sagas_timer_lag_seconds", "Delay between a timer's fire time and its firing",
         buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
     ),
-    workflows_started=Counter("sagas_workflows_started_total", "Workflow runs started"),
+    workflows_started=Counter(
+        "sagas_workflows_started_total",
+        "Workflow runs started (client starts, children, continue-as-new, cron and retries)",
+        ["workflow_type"],
+    ),
+    workflows_closed=Counter(
+        "sagas_workflows_closed_total", "Workflow runs closed, by final status", ["workflow_type", "status"]
+    ),
+    activity_schedule_to_start=Histogram(
+        "sagas_activity_schedule_to_start_seconds",
+        "From handing an activity attempt to matching until a worker reported it started (when it did)",
+        ["activity_type"],
+        buckets=_LATENCY_BUCKETS,
+    ),
+    activity_start_to_close=Histogram(
+        "sagas_activity_start_to_close_seconds",
+        "From the reported start of the last attempt until the activity's final outcome (when started was reported)",
+        ["activity_type"],
+        buckets=_LATENCY_BUCKETS,
+    ),
+    activity_schedule_to_close=Histogram(
+        "sagas_activity_schedule_to_close_seconds",
+        "From scheduling an activity until its final outcome (all attempts), by outcome",
+        ["activity_type", "outcome"],
+        buckets=_LATENCY_BUCKETS,
+    ),
+    history_conflicts=Counter(
+        "sagas_history_conflicts_total", "History writes that lost an optimistic-concurrency check (retried)"
+    ),
+    dead_letters=Counter(
+        "sagas_dead_letters_total", "Messages moved to the dead-letter queue", ["queue"]
+    ),
     history_stream_published=Counter(
         "sagas_history_stream_published_total", "History events published to the {prefix}.history stream"
     ),
@@ -52,3 +96,44 @@ METRICS = _Metrics(
         "sagas_requests_forwarded_total", "Requests and replies forwarded to the process that owns their shard"
     ),
 )
+
+
+class _BacklogCollector(Collector):
+    """``sagas_task_queue_backlog``: ready messages per queue of the built-in broker(s), read on scrape."""
+
+    def __init__(self) -> None:
+        self.brokers: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield self._family()
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "sagas_task_queue_backlog",
+            "Messages waiting (not leased) per queue of the built-in broker",
+            labels=["queue"],
+        )
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = self._family()
+        totals: dict[str, int] = {}
+        for broker in list(self.brokers):
+            for queue in broker.queue_names():
+                totals[queue] = totals.get(queue, 0) + broker.depth(queue)
+        for queue, depth in sorted(totals.items()):
+            family.add_metric([queue], depth)
+        yield family
+
+
+BACKLOG = _BacklogCollector()
+REGISTRY.register(BACKLOG)
+
+
+def watch_backlog(broker: Any) -> None:
+    """Export the queue depths of an in-process broker (``queue_names()`` and ``depth(queue)``)."""
+    BACKLOG.brokers.add(broker)
+
+
+def unwatch_backlog(broker: Any) -> None:
+    BACKLOG.brokers.discard(broker)

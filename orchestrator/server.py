@@ -42,7 +42,9 @@ from orchestrator.errors import (
 from orchestrator.frontend.auth import Authorizer, ClaimMapper, FrontendAuth
 from orchestrator.history.service import HistoryService, SystemClock
 from orchestrator.history.stream import HistoryStreamPublisher
+from orchestrator.logging import json_logging_enabled
 from orchestrator.matching.processor import CompletionHandler, TransferQueueProcessor
+from orchestrator.metrics import METRICS, unwatch_backlog, watch_backlog
 from orchestrator.namespaces import NamespaceDefaults, NamespaceRegistry
 from orchestrator.persistence import base as store_base
 from orchestrator.persistence._instrumented import InstrumentedHistoryStore
@@ -59,6 +61,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("sagas.server")
 
 DEFAULT_MAX_PAYLOAD = 2 * 1024 * 1024
+
+
+def _count_dead_letter(queue: str) -> None:
+    METRICS.dead_letters.labels(queue=queue).inc()
 
 
 class Visibility:
@@ -167,6 +173,8 @@ class Orchestrator:
         self.store = RetryingHistoryStore(self.instrumented)
         if cfg.broker_url.startswith(("local://", "memory://")):
             self.broker = MemoryBroker(visibility_timeout=cfg.visibility_timeout)
+            self.broker.on_dead_letter = _count_dead_letter
+            watch_backlog(self.broker)
         else:
             from brokers.base import open_broker
 
@@ -272,6 +280,7 @@ class Orchestrator:
         await self.matching.stop()
         if self.history_stream is not None:
             await self.history_stream.stop()
+        unwatch_backlog(self.broker)
         try:
             await self.broker.aclose()
         except BrokerError:
@@ -387,6 +396,8 @@ class DevServer:
             )
         await self.orchestrator.start()
         app = create_app(self.orchestrator)
+        if json_logging_enabled():
+            tls_options["log_config"] = None  # uvicorn's lines go through the root's JSON handler too
         config = uvicorn.Config(
             app, log_level=self.log_level, lifespan="off", access_log=False, timeout_graceful_shutdown=2,
             **tls_options,

@@ -281,7 +281,8 @@ class NamespaceLimits(BaseModel):
 
 
 class RegisterNamespaceRequest(NamespaceLimits):
-    name: str
+    # The registry checks the name (with a hint); the pattern is documented in the schema only.
+    name: str = Field(json_schema_extra={"pattern": "^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"})
 
 
 class UpdateNamespaceRequest(NamespaceLimits):

@@ -21,11 +21,12 @@ import uuid
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from brokers import envelope as env
@@ -54,7 +55,6 @@ from orchestrator.frontend.ratelimit import NamespaceRateLimiter
 from orchestrator.history.engine import StartRequest
 from orchestrator.history.state import ExecutionState
 from orchestrator.membership import FORWARDED_HEADER
-from orchestrator.metrics import METRICS
 
 if TYPE_CHECKING:
     from orchestrator.server import Orchestrator
@@ -93,6 +93,41 @@ def _info(s: ExecutionState) -> H.WorkflowExecutionInfo:
     )
 
 
+_ERROR_RESPONSES = (
+    (400, "Invalid request (`invalid_argument`, `malformed_json`, `invalid_task_token`, `query_failed`, `update_rejected`)"),
+    (401, "No or invalid credentials (`unauthenticated`)"),
+    (403, "Not allowed (`permission_denied`)"),
+    (404, "Unknown namespace or workflow (`namespace_not_found`, `workflow_not_found`)"),
+    (409, "Conflict (`workflow_already_started`, `workflow_not_running`, `stale_task`, `namespace_already_exists`)"),
+    (413, "Payload or body too large (`payload_too_large`)"),
+    (429, "Namespace rate limit (`rate_limited`, with `Retry-After`)"),
+    (503, "Store or shard owner unreachable (`unavailable`): retry"),
+    (504, "No worker answered the query in time (`query_timeout`)"),
+)
+
+
+def _document_errors(app: FastAPI) -> None:
+    """Add the error answers every ``/api/`` route may give (an ``ErrorBody``) to the OpenAPI spec."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        first = app.openapi_schema is None
+        spec = generate()
+        if first:
+            schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+            schemas.setdefault("ErrorBody", H.ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}"))
+            body = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+            for path, operations in spec.get("paths", {}).items():
+                if not path.startswith("/api/"):
+                    continue
+                for operation in operations.values():
+                    for status, description in _ERROR_RESPONSES:
+                        operation["responses"].setdefault(str(status), {"description": description, "content": body})
+        return spec
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_app(orc: Orchestrator) -> FastAPI:
     """Build the FastAPI application around a running :class:`Orchestrator`."""
     app = FastAPI(
@@ -100,6 +135,7 @@ def create_app(orc: Orchestrator) -> FastAPI:
         version=SERVER_VERSION,
         description="Durable-execution saga orchestrator: HTTP/JSON API.",
     )
+    _document_errors(app)
     history, engine = orc.history, orc.history.engine
     max_body = orc.max_payload_bytes
     auth: FrontendAuth = orc.auth
@@ -170,6 +206,13 @@ def create_app(orc: Orchestrator) -> FastAPI:
         log.exception("unexpected error in the frontend")
         return error_response(OrchestratorError(f"internal error: {type(exc).__name__}: {exc}", hint="This is a bug: please report it with the server log."))
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Starlette's own answers (unparsable body, unknown route, wrong method) in our error shape.
+        code = {400: "invalid_argument", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        body = H.ErrorBody(code=code, message=str(exc.detail))
+        return JSONResponse(body.model_dump(), status_code=exc.status_code, headers=dict(exc.headers or {}))
+
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
@@ -188,7 +231,7 @@ def create_app(orc: Orchestrator) -> FastAPI:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics (text exposition format)")
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
@@ -276,15 +319,13 @@ def create_app(orc: Orchestrator) -> FastAPI:
             run_id, started = await history.signal_with_start(req)
         else:
             run_id, started = await history.start(req)
-        if started:
-            METRICS.workflows_started.inc()
         return H.StartWorkflowResponse(run_id=run_id, started=started)
 
     @app.get("/api/v1/namespaces/{ns}/workflows", response_model=H.ListWorkflowsResponse, dependencies=[read])
     async def list_workflows(
         ns: str, query: str = "", page_size: int = 100, next_page_token: str | None = None
     ) -> H.ListWorkflowsResponse:
-        page = await orc.visibility.list(ns, query, page_size=page_size, next_page_token=next_page_token)
+        page = await orc.visibility.list(ns, query, page_size=page_size, next_page_token=next_page_token or None)
         return H.ListWorkflowsResponse(
             executions=[H.WorkflowExecutionInfo(**r.__dict__) for r in page.records],
             next_page_token=page.next_page_token,
@@ -326,7 +367,7 @@ def create_app(orc: Orchestrator) -> FastAPI:
 
     @app.get("/api/v1/namespaces/{ns}/workflows/{wid}/history", response_model=H.HistoryResponse, dependencies=[read])
     async def get_history(
-        ns: str, wid: str, run_id: str = "", first_event_id: int = 1, page_size: int = 1000
+        ns: str, wid: str, run_id: str = "", first_event_id: int = Query(1, ge=1), page_size: int = Query(1000, ge=1)
     ) -> H.HistoryResponse:
         if page_size < 1 or first_event_id < 1:
             raise InvalidArgumentError("page_size and first_event_id must be positive")

@@ -16,6 +16,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+from orchestrator.api.enums import EventType as ET
 from orchestrator.api.events import HistoryEvent
 from orchestrator.api.tasks import TimerTask, TransferTask
 from orchestrator.errors import (
@@ -29,6 +30,8 @@ from orchestrator.errors import (
 from orchestrator.errors import UnsupportedEventVersionError as ApiUnsupportedEventVersion
 from orchestrator.history.engine import HistoryEngine, Mutation, StartRequest, check_id_reuse
 from orchestrator.history.state import ExecutionState
+from orchestrator.logging import reset_log_context, set_log_context
+from orchestrator.metrics import METRICS
 from orchestrator.persistence.base import (
     ConditionFailedError,
     CurrentRunConflictError,
@@ -41,6 +44,51 @@ from orchestrator.persistence.base import (
 )
 
 log = logging.getLogger("sagas.history")
+
+_CLOSE_STATUS = {
+    ET.WORKFLOW_EXECUTION_COMPLETED: "completed",
+    ET.WORKFLOW_EXECUTION_FAILED: "failed",
+    ET.WORKFLOW_EXECUTION_CANCELED: "canceled",
+    ET.WORKFLOW_EXECUTION_TERMINATED: "terminated",
+    ET.WORKFLOW_EXECUTION_TIMED_OUT: "timed_out",
+    ET.WORKFLOW_EXECUTION_CONTINUED_AS_NEW: "continued_as_new",
+}
+_ACTIVITY_OUTCOME = {
+    ET.ACTIVITY_TASK_COMPLETED: "completed",
+    ET.ACTIVITY_TASK_FAILED: "failed",
+    ET.ACTIVITY_TASK_CANCELED: "canceled",
+    ET.ACTIVITY_TASK_TIMED_OUT: "timed_out",
+}
+
+
+def _observe_activities(before: ExecutionState, events: list[HistoryEvent], now: float) -> None:
+    """Latency histograms of the activities this commit closed (from the state before the op,
+    whose cached ``started_time`` the write may not carry)."""
+    for ev in events:
+        outcome = _ACTIVITY_OUTCOME.get(ev.event_type)
+        if outcome is None:
+            continue
+        info = before.activities.get(ev.scheduled_event_id)  # type: ignore[union-attr]
+        if info is None:
+            continue
+        kind = info.activity_type
+        METRICS.activity_schedule_to_close.labels(activity_type=kind, outcome=outcome).observe(max(0.0, now - info.scheduled_time))
+        if info.started_time is not None:
+            METRICS.activity_start_to_close.labels(activity_type=kind).observe(max(0.0, now - info.started_time))
+            if info.dispatch_time is not None:
+                METRICS.activity_schedule_to_start.labels(activity_type=kind).observe(
+                    max(0.0, info.started_time - info.dispatch_time)
+                )
+
+
+def _count_workflows(m: Mutation) -> None:
+    for ev in m.events:
+        if ev.event_type == ET.WORKFLOW_EXECUTION_STARTED:
+            METRICS.workflows_started.labels(workflow_type=m.state.workflow_type).inc()
+        else:
+            status = _CLOSE_STATUS.get(ev.event_type)
+            if status is not None:
+                METRICS.workflows_closed.labels(workflow_type=m.state.workflow_type, status=status).inc()
 
 Key = tuple[str, str, str]
 
@@ -121,6 +169,7 @@ class HistoryService:
     async def acquire_shards(self) -> None:
         for shard in range(self.num_shards):
             self.range_ids[shard] = await self.store.acquire_shard(shard, self.owner)
+        METRICS.shards_owned.set(len(self.range_ids))
 
     def add_shard(self, shard: int, range_id: int) -> None:
         """Own ``shard`` at ``range_id`` (acquired by the membership controller)."""
@@ -212,28 +261,37 @@ class HistoryService:
         run_id = await self.resolve_run_id(namespace, workflow_id, run_id)
         key = (namespace, workflow_id, run_id)
         entry = self._entry(key)
-        for _ in range(self.MAX_CAS_RETRIES):
-            async with entry.lock:
-                state = await self._load(entry, key)
-                now = self.clock.now()
-                mutation = self._within_history_limit(state, op(state, now), now)
-                if mutation.noop:
-                    return mutation
-                if mutation.cache_only:
+        token = set_log_context(
+            namespace=namespace, workflow_id=workflow_id, run_id=run_id, shard=self.shard_of(namespace, workflow_id)
+        )
+        try:
+            for _ in range(self.MAX_CAS_RETRIES):
+                async with entry.lock:
+                    state = await self._load(entry, key)
+                    now = self.clock.now()
+                    mutation = self._within_history_limit(state, op(state, now), now)
+                    if mutation.noop:
+                        return mutation
+                    if mutation.cache_only:
+                        entry.state = mutation.state
+                        return mutation
+                    try:
+                        await self._commit(mutation)
+                    except ConditionFailedError:
+                        METRICS.history_conflicts.inc()
+                        entry.state = None  # someone else wrote: reload and run again
+                        continue
+                    except BaseException:
+                        entry.state = None  # unknown outcome: never trust the cache after it
+                        raise
                     entry.state = mutation.state
-                    return mutation
-                try:
-                    await self._commit(mutation)
-                except ConditionFailedError:
-                    entry.state = None  # someone else wrote: reload and run again
-                    continue
-                except BaseException:
-                    entry.state = None  # unknown outcome: never trust the cache after it
-                    raise
-                entry.state = mutation.state
-            await self._after_commit(mutation, entry)
-            return mutation
-        raise UnavailableError(f"workflow {workflow_id!r} is being written concurrently; retry")
+                if state.activities:
+                    _observe_activities(state, mutation.events, now)
+                await self._after_commit(mutation, entry)
+                return mutation
+            raise UnavailableError(f"workflow {workflow_id!r} is being written concurrently; retry")
+        finally:
+            reset_log_context(token)
 
     def _within_history_limit(self, state: ExecutionState, mutation: Mutation, now: float) -> Mutation:
         """The mutation, or a termination of the run when it would grow the history past the
@@ -299,6 +357,7 @@ class HistoryService:
                 self.transfer_sink.submit_transfer(m.transfer_tasks)
             if self.timer_sink and m.timer_tasks:
                 self.timer_sink.submit_timers(m.timer_tasks)
+            _count_workflows(m)
             if self.history_sink and m.events:
                 self.history_sink.submit_events(m.state.namespace, m.state.workflow_id, m.state.run_id, m.events)
         if entry is not None:
@@ -335,6 +394,7 @@ class HistoryService:
             try:
                 await self._commit(mutation)
             except (CurrentRunConflictError, ConditionFailedError):
+                METRICS.history_conflicts.inc()
                 continue
             key = (req.namespace, req.workflow_id, mutation.state.run_id)
             entry = self._entry(key)

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.console import Console
 
+from orchestrator.logging import configure_logging
+
 if TYPE_CHECKING:
     from orchestrator.config import ServerConfig
 
@@ -101,6 +103,9 @@ def start_dev(
     ip: str = typer.Option("127.0.0.1", "--ip", help="Address to listen on."),
     port: int = typer.Option(7233, "--port", "-p", help="Port of the HTTP API and UI."),
     log_level: str = typer.Option("warning", "--log-level", help="debug, info, warning or error."),
+    log_format: str = typer.Option(
+        "text", "--log-format", help="text, or json: one JSON object per line with workflow id / run id / shard."
+    ),
     ready_file: str = typer.Option(None, "--ready-file", help="Write host:port to this file once serving (for scripts)."),
     tls_cert: str = typer.Option(None, "--tls-cert", help="Server certificate (PEM): serve HTTPS."),
     tls_key: str = typer.Option(None, "--tls-key", help="Private key (PEM) of --tls-cert."),
@@ -109,7 +114,9 @@ def start_dev(
     dynamic_config: str = typer.Option(None, "--dynamic-config", help="YAML file of runtime-tunable settings, watched (docs/dynamic-config.md)."),
 ) -> None:
     """Run every service in one process on the embedded default (SQLite + built-in broker)."""
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if log_format not in ("text", "json"):
+        raise typer.BadParameter("text or json", param_hint="--log-format")
+    configure_logging(log_level.upper(), log_format)
     security = security_options(tls_cert, tls_key, tls_client_ca, auth_config)
     if dynamic_config:
         security["dynamic_config_path"] = str(Path(dynamic_config).resolve())

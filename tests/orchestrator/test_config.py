@@ -176,3 +176,32 @@ def test_compose_references_files_and_commands_that_exist() -> None:
     copied = re.findall(r"^COPY (\S+)", (COMPOSE.parent / "Dockerfile").read_text(), re.M)
     for path in copied:
         assert (ROOT / path).exists(), path
+
+
+def test_prometheus_scrapes_every_orchestrator_and_the_dashboard_uses_real_metrics() -> None:
+    import json
+
+    from prometheus_client import REGISTRY
+
+    import orchestrator.metrics  # noqa: F401
+    import orchestrator.persistence._instrumented  # noqa: F401
+
+    services = _compose()["services"]
+    assert isinstance(services, dict)
+    assert {"prometheus", "grafana"} <= set(services)
+    scrape = yaml.safe_load((COMPOSE.parent / "prometheus.yml").read_text())
+    targets = {t for job in scrape["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]}
+    assert targets == {f"{n}:7233" for n in services if n.startswith("orchestrator-")}
+
+    dashboard = json.loads((COMPOSE.parent / "grafana" / "dashboards" / "sagas.json").read_text())
+    exported = set()
+    for family in REGISTRY.collect():
+        if family.name.startswith("sagas_"):
+            exported |= {s.name for s in family.samples} | {family.name, family.name + "_total"}
+            exported |= {family.name + suffix for suffix in ("_bucket", "_count", "_sum")}
+    used = {m for p in dashboard["panels"] for t in p["targets"] for m in re.findall(r"\bsagas_[a-z_]+", t["expr"])}
+    assert used and used <= exported, sorted(used - exported)
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    provisioning = COMPOSE.parent / "grafana" / "provisioning"
+    assert yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())["datasources"][0]["uid"] == "prometheus"
