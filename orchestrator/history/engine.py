@@ -808,36 +808,15 @@ class HistoryEngine:
                 )
                 b.transfer_task(TransferKind.START_CHILD, event_id=ev.event_id)
             case C.SignalExternalWorkflowExecution():
-                ns = command.namespace or s.namespace
-                ev = b.add(
-                    E.SignalExternalWorkflowExecutionInitiated,
-                    namespace=ns,
-                    workflow_id=command.workflow_id,
-                    run_id=command.run_id,
-                    signal_name=command.signal_name,
-                    input=command.input,
-                    child_workflow_only=command.child_workflow_only,
-                    workflow_task_completed_event_id=wft_completed_id,
+                self._external_request(
+                    b, command, "signal", E.SignalExternalWorkflowExecutionInitiated, TransferKind.SIGNAL_EXTERNAL,
+                    wft_completed_id, signal_name=command.signal_name, input=command.input,
                 )
-                s.external_requests[ev.event_id] = ExternalRequestInfo(
-                    initiated_event_id=ev.event_id, namespace=ns, workflow_id=command.workflow_id, run_id=command.run_id, kind="signal"
-                )
-                b.transfer_task(TransferKind.SIGNAL_EXTERNAL, event_id=ev.event_id)
             case C.RequestCancelExternalWorkflowExecution():
-                ns = command.namespace or s.namespace
-                ev = b.add(
-                    E.RequestCancelExternalWorkflowExecutionInitiated,
-                    namespace=ns,
-                    workflow_id=command.workflow_id,
-                    run_id=command.run_id,
-                    child_workflow_only=command.child_workflow_only,
-                    reason=command.reason,
-                    workflow_task_completed_event_id=wft_completed_id,
+                self._external_request(
+                    b, command, "cancel", E.RequestCancelExternalWorkflowExecutionInitiated, TransferKind.CANCEL_EXTERNAL,
+                    wft_completed_id, reason=command.reason,
                 )
-                s.external_requests[ev.event_id] = ExternalRequestInfo(
-                    initiated_event_id=ev.event_id, namespace=ns, workflow_id=command.workflow_id, run_id=command.run_id, kind="cancel"
-                )
-                b.transfer_task(TransferKind.CANCEL_EXTERNAL, event_id=ev.event_id)
             case C.UpsertWorkflowSearchAttributes():
                 s.search_attributes.update(command.search_attributes)
                 b.add(
@@ -870,6 +849,32 @@ class HistoryEngine:
                 upd = s.updates.get(command.update_id)
                 if upd is not None and not upd.accepted_event_id:
                     upd.completed, upd.failure = True, command.failure
+
+    @staticmethod
+    def _external_request(
+        b: _Builder,
+        command: C.SignalExternalWorkflowExecution | C.RequestCancelExternalWorkflowExecution,
+        kind: str,
+        event_cls: type[Any],
+        transfer_kind: TransferKind,
+        wft_completed_id: int,
+        **fields: Any,
+    ) -> None:
+        """A signal or cancel request to another workflow: event, pending request, transfer task."""
+        ns = command.namespace or b.state.namespace
+        ev = b.add(
+            event_cls,
+            namespace=ns,
+            workflow_id=command.workflow_id,
+            run_id=command.run_id,
+            child_workflow_only=command.child_workflow_only,
+            workflow_task_completed_event_id=wft_completed_id,
+            **fields,
+        )
+        b.state.external_requests[ev.event_id] = ExternalRequestInfo(
+            initiated_event_id=ev.event_id, namespace=ns, workflow_id=command.workflow_id, run_id=command.run_id, kind=kind
+        )
+        b.transfer_task(transfer_kind, event_id=ev.event_id)
 
     def _schedule_activity(self, b: _Builder, cmd: C.ScheduleActivityTask, wft_completed_id: int) -> None:
         s = b.state

@@ -441,3 +441,21 @@ def test_workflow_retry_policy_starts_a_new_attempt_after_back_off() -> None:
     second.apply(engine.workflow_backoff_fired(second.state, backoff, now=second.now))
     m2 = second.complete(C.FailWorkflowExecution(failure=Failure(message="boom again")))
     assert m2.follow_up is None and m2.events[-1].retry_state == "MaximumAttemptsReached"  # type: ignore[union-attr]
+
+
+def test_signal_and_cancel_requests_to_other_workflows() -> None:
+    run = Run()
+    m = run.complete(
+        C.SignalExternalWorkflowExecution(workflow_id="other", signal_name="ping", input=[1]),
+        C.RequestCancelExternalWorkflowExecution(workflow_id="gone", reason="stop"),
+    )
+    signal_ev, cancel_ev = m.events[-2], m.events[-1]
+    assert isinstance(signal_ev, E.SignalExternalWorkflowExecutionInitiated) and signal_ev.namespace == "default"
+    assert isinstance(cancel_ev, E.RequestCancelExternalWorkflowExecutionInitiated) and cancel_ev.reason == "stop"
+    assert [t.kind for t in m.transfer_tasks] == [TransferKind.SIGNAL_EXTERNAL, TransferKind.CANCEL_EXTERNAL]
+    m = run.apply(engine.external_request_done(run.state, signal_ev.event_id, ok=True, now=run.now))
+    assert run.types(m) == ["ExternalWorkflowExecutionSignaled", "WorkflowTaskScheduled"]
+    run.complete()
+    m = run.apply(engine.external_request_done(run.state, cancel_ev.event_id, ok=False, cause="ExternalWorkflowExecutionNotFound", now=run.now))
+    assert run.types(m)[0] == "RequestCancelExternalWorkflowExecutionFailed"
+    assert engine.external_request_done(run.state, cancel_ev.event_id, ok=True, now=run.now).noop  # done once
