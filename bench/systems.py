@@ -148,14 +148,18 @@ class ManagedProcess:
         return ""
 
     async def stop(self, timeout: float = 15.0) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.to_thread(self.proc.wait, timeout)
-            except subprocess.TimeoutExpired:
+        try:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    await asyncio.to_thread(self.proc.wait, timeout)
+        finally:
+            # Whatever went wrong while waiting (a timeout, a loop whose executor is gone),
+            # never leave the process behind.
+            if self.proc.poll() is None:
                 self.proc.kill()
-                await asyncio.to_thread(self.proc.wait)
-        self._log_file.close()
+                self.proc.wait()
+            self._log_file.close()
 
 
 async def poll_until(what: str, check: Any, procs: list[ManagedProcess], timeout: float = READY_TIMEOUT) -> Any:
