@@ -576,7 +576,7 @@ async def test_rabbitmq_node_restart(rabbitmq: RabbitMQServer) -> None:
         message_id = await broker.publish(queue, b'{"before":"restart"}')
         [unacked] = await receive_n(broker, queue, 1, timeout=10)
         waiting = asyncio.create_task(receive_n(broker, queue, 1, timeout=120))
-        await asyncio.sleep(0)  # the consumer is waiting when the node goes down
+        await asyncio.sleep(0)  # yield once: the consumer is parked in receive() when the node goes down
 
         await asyncio.to_thread(rabbitmq.stop)
         assert not waiting.done()
