@@ -20,6 +20,14 @@ from typing import Any
 from sagas.saga import Saga
 
 __version__ = "0.1.0"
+"""The version of the SDK.
+
+Example::
+
+    import sagas
+
+    print(f"running sagas {sagas.__version__}")
+"""
 
 _SUBMODULES = frozenset(
     {"activity", "client", "common", "converter", "exceptions", "testing", "worker", "workflow"}

@@ -140,7 +140,14 @@ class SearchAttributeKey(Generic[_V]):
 
 @dataclass(frozen=True)
 class SearchAttributeUpdate:
-    """One change to a search attribute: set ``key`` to ``value`` (``None`` removes it)."""
+    """One change to a search attribute: set ``key`` to ``value`` (``None`` removes it).
+
+    >>> from sagas.common import SearchAttributeKey
+    >>> CUSTOMER = SearchAttributeKey.for_keyword("CustomerId")
+    >>> update = CUSTOMER.value_set("c-42")
+    >>> (update.key.name, update.value, CUSTOMER.value_unset().value)
+    ('CustomerId', 'c-42', None)
+    """
 
     key: SearchAttributeKey[Any]
     value: Any

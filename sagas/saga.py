@@ -61,7 +61,16 @@ from sagas.workflow._instance import _NO_ARG, _resolve_args, activity_name, curr
 __all__ = ["SAGA_MARKER", "Saga"]
 
 SAGA_MARKER = "saga"
-"""``marker_name`` of the markers a saga records."""
+"""``marker_name`` of the markers a saga records.
+
+Example (the saga steps of a recorded run)::
+
+    history = await client.get_workflow_handle("trip-1").fetch_history()
+    steps = [
+        e.details for e in history.events
+        if getattr(e, "marker_name", None) == SAGA_MARKER
+    ]
+"""
 
 DEFAULT_COMPENSATION_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=60))
 """Retry forever, backoff doubling from 1 s up to 60 s."""
@@ -84,10 +93,14 @@ def _is_activity(fn: Any) -> bool:
 class Saga:
     """Collects compensations and runs them when the saga fails (see the module docs).
 
-    >>> # inside a workflow:
-    >>> # async with Saga() as saga:
-    >>> #     await workflow.execute_activity(book_car, req, start_to_close_timeout=T)
-    >>> #     saga.add_compensation(cancel_car, req, start_to_close_timeout=T)
+    Example (inside a workflow)::
+
+        T = timedelta(seconds=30)
+        async with Saga(parallel=False) as saga:
+            await workflow.execute_activity(book_car, req, start_to_close_timeout=T)
+            saga.add_compensation(cancel_car, req, start_to_close_timeout=T)
+            await workflow.execute_activity(book_hotel, req, start_to_close_timeout=T)
+            saga.add_compensation(cancel_hotel, req, start_to_close_timeout=T)
     """
 
     def __init__(self, *, parallel: bool = False, continue_on_compensation_error: bool = True) -> None:

@@ -60,7 +60,14 @@ class EventType(StrEnum):
 
 
 class WorkflowExecutionStatus(StrEnum):
-    """Status of a workflow run, as shown by describe and list."""
+    """Status of a workflow run, as shown by describe and list.
+
+    Example::
+
+        desc = await client.get_workflow_handle("trip-1").describe()
+        if desc.status == WorkflowExecutionStatus.FAILED:
+            print("failed:", desc.failure)
+    """
 
     RUNNING = "Running"
     COMPLETED = "Completed"
@@ -113,7 +120,15 @@ class RetryState(StrEnum):
 
 
 class WorkflowIDReusePolicy(StrEnum):
-    """What a start does when a run with the same workflow id exists (closed)."""
+    """What a start does when a run with the same workflow id exists (closed).
+
+    Example::
+
+        await client.start_workflow(
+            BookTrip.run, trip, id=f"trip-{trip.id}", task_queue="trips",
+            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,   # retry only a failed trip
+        )
+    """
 
     ALLOW_DUPLICATE = "AllowDuplicate"
     ALLOW_DUPLICATE_FAILED_ONLY = "AllowDuplicateFailedOnly"
@@ -122,7 +137,15 @@ class WorkflowIDReusePolicy(StrEnum):
 
 
 class ParentClosePolicy(StrEnum):
-    """What happens to a child workflow when its parent closes."""
+    """What happens to a child workflow when its parent closes.
+
+    Example (inside a workflow)::
+
+        await workflow.start_child_workflow(
+            AuditWorkflow.run, order, id=f"audit-{order.id}",
+            parent_close_policy=ParentClosePolicy.ABANDON,     # the audit outlives this workflow
+        )
+    """
 
     TERMINATE = "Terminate"
     ABANDON = "Abandon"
@@ -130,7 +153,16 @@ class ParentClosePolicy(StrEnum):
 
 
 class ActivityCancellationType(StrEnum):
-    """How a workflow waits for an activity it cancelled."""
+    """How a workflow waits for an activity it cancelled.
+
+    Example (inside a workflow)::
+
+        handle = workflow.start_activity(
+            hold_seat, seat, start_to_close_timeout=timedelta(hours=1), heartbeat_timeout=timedelta(seconds=30),
+            cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+        )
+        handle.cancel()          # awaiting the handle now waits until the activity released the seat
+    """
 
     TRY_CANCEL = "TryCancel"
     WAIT_CANCELLATION_COMPLETED = "WaitCancellationCompleted"

@@ -1,6 +1,8 @@
 """Functions an activity calls while it runs (mirrors ``temporalio.activity``).
 
-An activity is ordinary code with side effects, decorated with :func:`defn`::
+An activity is ordinary code with side effects, decorated with :func:`defn`.
+
+Example::
 
     from sagas import activity
 
@@ -60,11 +62,24 @@ class CompleteAsyncError(BaseException):
 
     It derives from ``BaseException`` so that a broad ``except Exception`` in
     the activity does not swallow it.
+
+    Example (inside an activity)::
+
+        try:
+            activity.raise_complete_async()
+        except Exception:
+            ...   # not reached: CompleteAsyncError is not an Exception
     """
 
 
 def info() -> Info:
-    """Information about the running activity (ids, attempt, task token, deadline...)."""
+    """Information about the running activity (ids, attempt, task token, deadline...).
+
+    >>> from sagas import activity
+    >>> from sagas.testing import ActivityEnvironment
+    >>> ActivityEnvironment().run(lambda: activity.info().workflow_id)
+    'test'
+    """
     return _current().info()
 
 
@@ -75,44 +90,120 @@ def heartbeat(*details: Any) -> None:
     every second); the last details win. The answer tells the worker whether
     the workflow asked to cancel the activity: an async activity then gets
     ``asyncio.CancelledError``, a sync one sees :func:`is_cancelled`.
+
+    Example::
+
+        @activity.defn
+        async def import_rows(path: str) -> int:
+            info = activity.info()
+            start = info.heartbeat_details[0] if info.heartbeat_details else 0
+            for n, row in enumerate(read_rows(path)):
+                if n >= start:
+                    await store(row)
+                    activity.heartbeat(n + 1)      # resume after row n on the next attempt
+            return n + 1
     """
     _current().heartbeat(*details)
 
 
 def is_cancelled() -> bool:
-    """True once cancellation of this activity was requested (or it timed out on the worker)."""
+    """True once cancellation of this activity was requested (or it timed out on the worker).
+
+    Example (a sync activity)::
+
+        @activity.defn
+        def resize_images(paths: list[str]) -> int:
+            for n, path in enumerate(paths):
+                if activity.is_cancelled():
+                    raise ApplicationError("cancelled", non_retryable=True)
+                resize(path)
+                activity.heartbeat(n)
+            return len(paths)
+    """
     return _current().cancelled.is_set()
 
 
 async def wait_for_cancelled() -> None:
-    """Wait until cancellation is requested (async activities only)."""
+    """Wait until cancellation is requested (async activities only).
+
+    Example::
+
+        @activity.defn
+        async def hold_seat(seat: str) -> None:
+            await reserve(seat)
+            try:
+                await activity.wait_for_cancelled()   # hold the seat until the workflow cancels us
+            finally:
+                await release(seat)
+    """
     await _current().cancelled.wait()
 
 
 def wait_for_cancelled_sync(timeout: timedelta | float | None = None) -> None:
-    """Block until cancellation is requested or ``timeout`` passed (sync activities)."""
+    """Block until cancellation is requested or ``timeout`` passed (sync activities).
+
+    Example (a sync activity)::
+
+        @activity.defn
+        def poll_printer(job: str) -> None:
+            while not printer_done(job):
+                activity.heartbeat()
+                activity.wait_for_cancelled_sync(timeout=5)   # a cancellable sleep
+                if activity.is_cancelled():
+                    cancel_print(job)
+                    return
+    """
     seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
     _current().cancelled.wait_sync(seconds)
 
 
 def cancellation_details() -> ActivityCancellationDetails | None:
-    """Why the activity was cancelled, or None while it is not."""
+    """Why the activity was cancelled, or None while it is not.
+
+    Example (inside an activity)::
+
+        details = activity.cancellation_details()
+        if details is not None and details.worker_shutdown:
+            activity.heartbeat(progress)   # save progress for the next attempt
+    """
     reasons = _current().cancellation
     return reasons[0] if reasons else None
 
 
 def is_worker_shutdown() -> bool:
-    """True once the worker began shutting down."""
+    """True once the worker began shutting down.
+
+    Example (inside an activity)::
+
+        for batch in batches:
+            if activity.is_worker_shutdown():
+                raise ApplicationError("worker stopping; retry elsewhere")
+            process(batch)
+    """
     return _current().worker_shutdown.is_set()
 
 
 async def wait_for_worker_shutdown() -> None:
-    """Wait until the worker begins shutting down (async activities only)."""
+    """Wait until the worker begins shutting down (async activities only).
+
+    Example (inside an activity)::
+
+        shutdown = asyncio.create_task(activity.wait_for_worker_shutdown())
+        done, _ = await asyncio.wait([shutdown, asyncio.create_task(long_call())],
+                                     return_when=asyncio.FIRST_COMPLETED)
+    """
     await _current().worker_shutdown.wait()
 
 
 def wait_for_worker_shutdown_sync(timeout: timedelta | float | None = None) -> None:
-    """Block until the worker begins shutting down or ``timeout`` passed."""
+    """Block until the worker begins shutting down or ``timeout`` passed.
+
+    Example (a sync activity)::
+
+        while not activity.is_worker_shutdown():
+            process_next_message()
+            activity.wait_for_worker_shutdown_sync(timeout=1.0)
+    """
     seconds = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
     _current().worker_shutdown.wait_sync(seconds)
 
@@ -120,7 +211,7 @@ def wait_for_worker_shutdown_sync(timeout: timedelta | float | None = None) -> N
 def raise_complete_async() -> NoReturn:
     """Return from the activity without a result; complete it later by its task token.
 
-    ::
+    Example::
 
         token = activity.info().task_token
         await send_to_human_approver(token)
@@ -132,7 +223,13 @@ def raise_complete_async() -> NoReturn:
 
 
 def client() -> Client:
-    """The client of the worker running this (async) activity."""
+    """The client of the worker running this (async) activity.
+
+    Example (inside an activity)::
+
+        handle = activity.client().get_workflow_handle(activity.info().workflow_id)
+        await handle.signal("car_booked", car_id)
+    """
     found = _current().client
     if found is None:
         raise RuntimeError(
@@ -146,6 +243,19 @@ class LoggerAdapter(logging.LoggerAdapter):  # type: ignore[type-arg]
     """Logger that adds the running activity's ids to each record.
 
     The details go at the end of the message and into ``extra["sagas_activity"]``.
+
+    Example::
+
+        import logging
+
+        from sagas.activity import LoggerAdapter
+
+        log = LoggerAdapter(logging.getLogger("payments"))
+
+        @activity.defn
+        async def charge_card(order: Order) -> Receipt:
+            log.info("charging %s", order.id)   # ... ({'activity_id': '1', 'workflow_id': ...})
+            ...
     """
 
     def __init__(self, base: logging.Logger, extra: Mapping[str, Any] | None = None) -> None:
@@ -172,4 +282,9 @@ class LoggerAdapter(logging.LoggerAdapter):  # type: ignore[type-arg]
 
 
 logger = LoggerAdapter(logging.getLogger(__name__))
-"""Logger with the running activity's details on every record."""
+"""Logger with the running activity's details on every record.
+
+Example (inside an activity)::
+
+    activity.logger.info("charging card for order %s", order.id)
+"""

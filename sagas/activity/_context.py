@@ -27,6 +27,12 @@ class Info:
     *previous* attempt, so a retried activity can resume where it stopped::
 
         start = activity.info().heartbeat_details[0] if activity.info().heartbeat_details else 0
+
+    >>> from sagas.testing import ActivityEnvironment
+    >>> from sagas import activity
+    >>> env = ActivityEnvironment()
+    >>> env.run(lambda: (activity.info().activity_type, activity.info().attempt))
+    ('unknown', 1)
     """
 
     activity_id: str
@@ -66,6 +72,7 @@ class Info:
         return self.workflow_id is not None
 
     def logger_details(self) -> dict[str, Any]:
+        """The ids that :data:`sagas.activity.logger` adds to each record (activity, workflow, attempt...)."""
         return {
             "activity_id": self.activity_id,
             "activity_type": self.activity_type,
@@ -116,7 +123,14 @@ class CompositeEvent:
 
 @dataclass(frozen=True)
 class CancellationDetails:
-    """Why the activity was cancelled (the first reason wins)."""
+    """Why the activity was cancelled (the first reason wins).
+
+    Example (inside an activity)::
+
+        details = activity.cancellation_details()
+        if details is not None and details.timed_out:
+            activity.logger.warning("gave up: the activity timed out")
+    """
 
     cancel_requested: bool = False
     """The workflow asked to cancel the activity."""
@@ -167,4 +181,13 @@ def reset_current(token: contextvars.Token[ActivityContext]) -> None:
 
 
 def in_activity() -> bool:
+    """True when called from a running activity (also under :class:`~sagas.testing.ActivityEnvironment`).
+
+    >>> from sagas import activity
+    >>> from sagas.testing import ActivityEnvironment
+    >>> activity.in_activity()
+    False
+    >>> ActivityEnvironment().run(activity.in_activity)
+    True
+    """
     return _current.get(None) is not None

@@ -32,7 +32,13 @@ def is_async_callable(fn: Callable[..., Any]) -> bool:
 
 @dataclass(frozen=True)
 class ActivityDefinition:
-    """What the worker needs to run an activity: its name, function and type hints."""
+    """What the worker needs to run an activity: its name, function and type hints.
+
+    Example::
+
+        defn = ActivityDefinition.from_callable(book_car)   # None when not an @activity.defn
+        print(defn.name, defn.is_async)
+    """
 
     name: str
     fn: Callable[..., Any]
@@ -85,7 +91,9 @@ def defn(
 ) -> CallableT | Callable[[CallableT], CallableT]:
     """Mark a function (async or not) as an activity.
 
-    The activity's type name is ``name`` or the function's ``__name__``::
+    The activity's type name is ``name`` or the function's ``__name__``.
+
+    Example::
 
         @activity.defn
         async def book_car(req: CarRequest) -> str: ...

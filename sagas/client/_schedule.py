@@ -83,7 +83,13 @@ NEXT_ACTION_TIMES = 10
 
 
 class ScheduleOverlapPolicy(IntEnum):
-    """What a schedule does when an action is due while a run it started is still open."""
+    """What a schedule does when an action is due while a run it started is still open.
+
+    Example::
+
+        policy = SchedulePolicy(overlap=ScheduleOverlapPolicy.BUFFER_ONE)
+        await client.get_schedule_handle("nightly-report").trigger(overlap=ScheduleOverlapPolicy.ALLOW_ALL)
+    """
 
     SKIP = 1
     """Do not start; count the action as skipped (the default)."""
@@ -101,7 +107,14 @@ class ScheduleOverlapPolicy(IntEnum):
 
 @dataclass
 class ScheduleRange:
-    """Inclusive range ``start..end`` with ``step`` (``end`` < ``start`` means just ``start``; step 0 means 1)."""
+    """Inclusive range ``start..end`` with ``step`` (``end`` < ``start`` means just ``start``; step 0 means 1).
+
+    >>> from sagas.client import ScheduleCalendarSpec, ScheduleRange
+    >>> weekdays = ScheduleRange(1, 5)             # Monday..Friday
+    >>> every_15_minutes = ScheduleRange(0, 59, step=15)
+    >>> ScheduleCalendarSpec(hour=[ScheduleRange(9)], minute=[every_15_minutes], day_of_week=[weekdays]).hour
+    [ScheduleRange(start=9, end=0, step=0)]
+    """
 
     start: int
     end: int = 0
@@ -114,6 +127,16 @@ class ScheduleCalendarSpec:
 
     Each field is a list of ranges; the defaults fire at midnight every day.
     ``day_of_week`` counts from 0 = Sunday; ``year`` empty means every year.
+
+    Example (09:30 on the first day of each quarter)::
+
+        ScheduleCalendarSpec(
+            hour=[ScheduleRange(9)],
+            minute=[ScheduleRange(30)],
+            day_of_month=[ScheduleRange(1)],
+            month=[ScheduleRange(1, 12, step=3)],
+            comment="quarter start",
+        )
     """
 
     second: Sequence[ScheduleRange] = (ScheduleRange(0),)
@@ -132,6 +155,12 @@ class ScheduleIntervalSpec:
 
     ``ScheduleIntervalSpec(every=timedelta(hours=1), offset=timedelta(minutes=5))``
     fires at 00:05, 01:05, ... UTC.
+
+    >>> from datetime import timedelta
+    >>> from sagas.client import ScheduleIntervalSpec, ScheduleSpec
+    >>> spec = ScheduleSpec(intervals=[ScheduleIntervalSpec(every=timedelta(hours=1), offset=timedelta(minutes=5))])
+    >>> spec.intervals[0].every
+    datetime.timedelta(seconds=3600)
     """
 
     every: timedelta
@@ -149,6 +178,15 @@ class ScheduleSpec:
     * ``jitter``: each fire is delayed by a deterministic amount in ``[0, jitter)``;
     * ``time_zone_name``: IANA zone the cron and calendar fields are read in
       (default UTC); intervals are zone-independent.
+
+    Example::
+
+        ScheduleSpec(
+            cron_expressions=["0 9 * * mon-fri"],
+            time_zone_name="Europe/Lisbon",
+            jitter=timedelta(minutes=2),
+            end_at=datetime(2027, 1, 1, tzinfo=UTC),
+        )
     """
 
     calendars: Sequence[ScheduleCalendarSpec] = ()
@@ -162,14 +200,19 @@ class ScheduleSpec:
 
 
 class ScheduleAction:
-    """Base of what a schedule does when it fires (only :class:`ScheduleActionStartWorkflow` today)."""
+    """Base of what a schedule does when it fires (only :class:`ScheduleActionStartWorkflow` today).
+
+    Example::
+
+        action: ScheduleAction = ScheduleActionStartWorkflow(Report.run, "eu", id="report", task_queue="reports")
+    """
 
 
 @dataclass(init=False)
 class ScheduleActionStartWorkflow(ScheduleAction):
     """Start a workflow. Each run gets workflow id ``{id}-{fire time}``.
 
-    ::
+    Example::
 
         ScheduleActionStartWorkflow(Report.run, "eu", id="report", task_queue="reports")
         ScheduleActionStartWorkflow("Report", args=["eu", 3], id="report", task_queue="reports")
@@ -221,6 +264,14 @@ class SchedulePolicy:
 
     ``catchup_window``: after an outage (server down), fire times older than
     this are not run but counted in ``num_actions_missed_catchup_window``.
+
+    Example::
+
+        SchedulePolicy(
+            overlap=ScheduleOverlapPolicy.SKIP,
+            catchup_window=timedelta(hours=1),
+            pause_on_failure=True,
+        )
     """
 
     overlap: ScheduleOverlapPolicy = ScheduleOverlapPolicy.SKIP
@@ -235,6 +286,10 @@ class ScheduleState:
 
     With ``limited_actions``, only ``remaining_actions`` more scheduled fires
     run (triggers and backfills do not count).
+
+    Example (run ten times, then stop)::
+
+        ScheduleState(note="trial run", limited_actions=True, remaining_actions=10)
     """
 
     note: str | None = None
@@ -245,7 +300,18 @@ class ScheduleState:
 
 @dataclass
 class Schedule:
-    """A schedule: what to do (``action``), when (``spec``), how (``policy``), and its ``state``."""
+    """A schedule: what to do (``action``), when (``spec``), how (``policy``), and its ``state``.
+
+    Example::
+
+        await client.create_schedule(
+            "nightly-report",
+            Schedule(
+                action=ScheduleActionStartWorkflow(Report.run, "eu", id="report", task_queue="reports"),
+                spec=ScheduleSpec(cron_expressions=["0 2 * * *"]),
+            ),
+        )
+    """
 
     action: ScheduleActionStartWorkflow
     spec: ScheduleSpec
@@ -258,6 +324,13 @@ class ScheduleBackfill:
     """Run the fire times of the spec in ``[start_at, end_at]`` now (past times too), with ``overlap``.
 
     Backfills ignore the catch-up window and the pause.
+
+    Example (run the fire times of last week again)::
+
+        now = datetime.now(UTC)
+        await client.get_schedule_handle("nightly-report").backfill(
+            ScheduleBackfill(start_at=now - timedelta(days=7), end_at=now, overlap=ScheduleOverlapPolicy.ALLOW_ALL)
+        )
     """
 
     start_at: datetime
@@ -267,7 +340,14 @@ class ScheduleBackfill:
 
 @dataclass
 class ScheduleActionExecutionStartWorkflow:
-    """A run a schedule started."""
+    """A run a schedule started.
+
+    Example::
+
+        info = (await client.get_schedule_handle("nightly-report").describe()).info
+        for run in info.running_actions:
+            print(run.workflow_id, run.first_execution_run_id)
+    """
 
     workflow_id: str
     first_execution_run_id: str
@@ -275,7 +355,14 @@ class ScheduleActionExecutionStartWorkflow:
 
 @dataclass
 class ScheduleActionResult:
-    """One action taken: its nominal fire time, when it actually started, and the run."""
+    """One action taken: its nominal fire time, when it actually started, and the run.
+
+    Example::
+
+        info = (await client.get_schedule_handle("nightly-report").describe()).info
+        for result in info.recent_actions:
+            print(result.scheduled_at, result.started_at, result.action.workflow_id)
+    """
 
     scheduled_at: datetime
     started_at: datetime
@@ -284,7 +371,13 @@ class ScheduleActionResult:
 
 @dataclass
 class ScheduleInfo:
-    """What a schedule did and will do (``ScheduleHandle.describe().info``)."""
+    """What a schedule did and will do (``ScheduleHandle.describe().info``).
+
+    Example::
+
+        info = (await client.get_schedule_handle("nightly-report").describe()).info
+        print(info.num_actions, info.num_actions_skipped_overlap, info.next_action_times[:3])
+    """
 
     num_actions: int = 0
     num_actions_missed_catchup_window: int = 0
@@ -300,7 +393,13 @@ class ScheduleInfo:
 
 @dataclass
 class ScheduleDescription:
-    """:meth:`ScheduleHandle.describe`: the schedule as it is now, and its info."""
+    """:meth:`ScheduleHandle.describe`: the schedule as it is now, and its info.
+
+    Example::
+
+        desc = await client.get_schedule_handle("nightly-report").describe()
+        print(desc.id, desc.schedule.spec.cron_expressions, desc.schedule.state.paused)
+    """
 
     id: str
     schedule: Schedule
@@ -309,33 +408,73 @@ class ScheduleDescription:
 
 @dataclass
 class ScheduleUpdateInput:
-    """What the updater of :meth:`ScheduleHandle.update` is given."""
+    """What the updater of :meth:`ScheduleHandle.update` is given.
+
+    Example::
+
+        def pause_for_maintenance(input: ScheduleUpdateInput) -> ScheduleUpdate:
+            schedule = input.description.schedule
+            schedule.state = ScheduleState(paused=True, note="maintenance")
+            return ScheduleUpdate(schedule=schedule)
+
+        await client.get_schedule_handle("nightly-report").update(pause_for_maintenance)
+    """
 
     description: ScheduleDescription
 
 
 @dataclass
 class ScheduleUpdate:
-    """What the updater of :meth:`ScheduleHandle.update` returns: the new schedule."""
+    """What the updater of :meth:`ScheduleHandle.update` returns: the new schedule.
+
+    Example::
+
+        def one_hour_later(input: ScheduleUpdateInput) -> ScheduleUpdate:
+            schedule = input.description.schedule
+            schedule.spec = ScheduleSpec(cron_expressions=["0 3 * * *"])
+            return ScheduleUpdate(schedule=schedule)
+
+        await client.get_schedule_handle("nightly-report").update(one_hour_later)
+    """
 
     schedule: Schedule
 
 
 @dataclass
 class ScheduleListActionStartWorkflow:
-    """The action of a listed schedule: the workflow type it starts."""
+    """The action of a listed schedule: the workflow type it starts.
+
+    Example::
+
+        async for s in await client.list_schedules():
+            print(s.id, s.schedule.action.workflow, s.schedule.state.paused, s.info.next_action_times[:1])
+    """
 
     workflow: str
 
 
 @dataclass
 class ScheduleListState:
+    """Whether a listed schedule is paused, and the note saying why.
+
+    Example::
+
+        async for s in await client.list_schedules():
+            print(s.id, s.schedule.action.workflow, s.schedule.state.paused, s.info.next_action_times[:1])
+    """
     note: str | None
     paused: bool
 
 
 @dataclass
 class ScheduleListSchedule:
+    """A listed schedule: the workflow type it starts, its spec and its state.
+
+    Example::
+
+        async for s in await client.list_schedules():
+            print(s.id, s.schedule.action.workflow, s.schedule.state.paused, s.info.next_action_times[:1])
+    """
     action: ScheduleListActionStartWorkflow
     spec: ScheduleSpec
     state: ScheduleListState
@@ -343,13 +482,26 @@ class ScheduleListSchedule:
 
 @dataclass
 class ScheduleListInfo:
+    """What a listed schedule did lately and will do next.
+
+    Example::
+
+        async for s in await client.list_schedules():
+            print(s.id, s.schedule.action.workflow, s.schedule.state.paused, s.info.next_action_times[:1])
+    """
     recent_actions: Sequence[ScheduleActionResult]
     next_action_times: Sequence[datetime]
 
 
 @dataclass
 class ScheduleListDescription:
-    """One entry of :meth:`Client.list_schedules`."""
+    """One entry of :meth:`Client.list_schedules`.
+
+    Example::
+
+        async for s in await client.list_schedules():
+            print(s.id, s.schedule.action.workflow, s.schedule.state.paused, s.info.next_action_times[:1])
+    """
 
     id: str
     schedule: ScheduleListSchedule
@@ -592,6 +744,14 @@ class ScheduleHandle:
     Every call raises :class:`~sagas.exceptions.ScheduleNotFoundError` when
     the schedule does not exist (or was deleted). The changing calls return
     once the schedule applied the change (a trigger has started its run).
+
+    Example::
+
+        handle = client.get_schedule_handle("nightly-report")
+        await handle.pause(note="database migration")
+        await handle.trigger()                 # runs even while paused
+        await handle.unpause()
+        print((await handle.describe()).info.next_action_times[0])
     """
 
     def __init__(self, client: Client, id: str) -> None:
@@ -600,10 +760,12 @@ class ScheduleHandle:
 
     @property
     def id(self) -> str:
+        """The schedule's id."""
         return self._id
 
     @property
     def client(self) -> Client:
+        """The client this handle calls through."""
         return self._client
 
     def _workflow(self) -> WorkflowHandle[Any]:

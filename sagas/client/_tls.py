@@ -13,7 +13,7 @@ from pathlib import Path
 class TLSConfig:
     """TLS to the orchestrator: a private CA, a client certificate (mutual TLS), an SNI name.
 
-    ::
+    Example::
 
         tls = TLSConfig(
             server_root_ca_cert=Path("ca.pem").read_bytes(),

@@ -19,7 +19,15 @@ from sagas.exceptions import SagasError
 
 
 class WorkflowContinuedAsNewError(SagasError):
-    """``result(follow_runs=False)`` met a run that continued as new."""
+    """``result(follow_runs=False)`` met a run that continued as new.
+
+    Example::
+
+        try:
+            await handle.result(follow_runs=False)
+        except WorkflowContinuedAsNewError as err:
+            print("continued as new in run", err.new_execution_run_id)
+    """
 
     def __init__(self, new_execution_run_id: str) -> None:
         super().__init__(f"workflow continued as new (new run id {new_execution_run_id})")
@@ -27,7 +35,15 @@ class WorkflowContinuedAsNewError(SagasError):
 
 
 class AsyncActivityCancelledError(SagasError):
-    """A heartbeat of an asynchronously completed activity learned that it was cancelled."""
+    """A heartbeat of an asynchronously completed activity learned that it was cancelled.
+
+    Example::
+
+        try:
+            await client.get_async_activity_handle(task_token=token).heartbeat()
+        except AsyncActivityCancelledError:
+            await client.get_async_activity_handle(task_token=token).report_cancellation()
+    """
 
     def __init__(self) -> None:
         super().__init__("activity was cancelled; report it with AsyncActivityHandle.report_cancellation()")
@@ -39,7 +55,13 @@ def _ts(value: float | None) -> datetime | None:
 
 @dataclass(frozen=True)
 class WorkflowExecution:
-    """One workflow run as listed or described (mirrors temporalio's ``WorkflowExecution``)."""
+    """One workflow run as listed or described (mirrors temporalio's ``WorkflowExecution``).
+
+    Example::
+
+        async for wf in client.list_workflows("WorkflowType = 'BookTrip' AND ExecutionStatus = 'Running'"):
+            print(wf.id, wf.run_id, wf.status, wf.start_time)
+    """
 
     id: str
     run_id: str
@@ -57,6 +79,7 @@ class WorkflowExecution:
 
     @classmethod
     def from_info(cls, info: WorkflowExecutionInfo) -> WorkflowExecution:
+        """Build from the server's ``WorkflowExecutionInfo`` (as listed)."""
         return cls(**_execution_fields(info))
 
     async def memo(self) -> dict[str, Any]:
@@ -92,7 +115,13 @@ def _execution_fields(info: WorkflowExecutionInfo) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class WorkflowExecutionDescription(WorkflowExecution):
-    """:meth:`WorkflowHandle.describe`: the run plus what it is waiting for."""
+    """:meth:`WorkflowHandle.describe`: the run plus what it is waiting for.
+
+    Example::
+
+        desc = await client.get_workflow_handle("trip-1").describe()
+        print(desc.status, [a.activity_type for a in desc.pending_activities])
+    """
 
     pending_activities: list[PendingActivity] = field(default_factory=list)
     pending_timers: list[PendingTimer] = field(default_factory=list)
@@ -106,6 +135,7 @@ class WorkflowExecutionDescription(WorkflowExecution):
 
     @classmethod
     def from_response(cls, resp: DescribeWorkflowResponse) -> WorkflowExecutionDescription:
+        """Build from the server's describe response."""
         return cls(
             **_execution_fields(resp.info),
             pending_activities=list(resp.pending_activities),
@@ -120,14 +150,31 @@ class WorkflowExecutionDescription(WorkflowExecution):
 
 @dataclass(frozen=True)
 class WorkflowExecutionCount:
-    """:meth:`Client.count_workflows`."""
+    """:meth:`Client.count_workflows`.
+
+    Example::
+
+        count = await client.count_workflows("ExecutionStatus = 'Failed'")
+        print(count.count)
+    """
 
     count: int
     groups: Sequence[Any] = ()
 
 
 class WorkflowExecutionAsyncIterator:
-    """``async for`` over :meth:`Client.list_workflows`, fetching pages lazily."""
+    """``async for`` over :meth:`Client.list_workflows`, fetching pages lazily.
+
+    Example::
+
+        async for wf in client.list_workflows("ExecutionStatus = 'Running'"):
+            print(wf.id)
+
+        # or page by page
+        it = client.list_workflows(page_size=100)
+        await it.fetch_next_page()
+        print(len(it.current_page or []), it.next_page_token)
+    """
 
     def __init__(
         self,
@@ -148,10 +195,12 @@ class WorkflowExecutionAsyncIterator:
 
     @property
     def current_page(self) -> list[WorkflowExecution] | None:
+        """The page fetched last (``None`` before the first fetch)."""
         return self._page
 
     @property
     def next_page_token(self) -> str | None:
+        """The token of the next page (``None`` after the last page)."""
         return self._next_page_token
 
     async def fetch_next_page(self, *, page_size: int | None = None) -> None:

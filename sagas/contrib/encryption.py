@@ -36,7 +36,18 @@ _NONCE_BYTES = 12
 
 
 class AESGCMCodec(PayloadCodec):
-    """Encrypts each payload with AES-GCM under the ``current`` key; decrypts with any known key."""
+    """Encrypts each payload with AES-GCM under the ``current`` key; decrypts with any known key.
+
+    >>> from sagas.contrib.encryption import AESGCMCodec
+    >>> from sagas.converter import DataConverter
+    >>> codec = AESGCMCodec({"2026-01": AESGCMCodec.generate_key()})
+    >>> conv = DataConverter(payload_codec=codec)
+    >>> payload = conv.to_payload({"card": "4111 1111 1111 1111"})
+    >>> "4111" in str(payload)
+    False
+    >>> conv.from_payload(payload)
+    {'card': '4111 1111 1111 1111'}
+    """
 
     name = "aes-gcm"
 

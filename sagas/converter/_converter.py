@@ -17,7 +17,13 @@ from pydantic import TypeAdapter, ValidationError
 from sagas.exceptions import ApplicationError, PayloadSizeError
 
 DEFAULT_MAX_PAYLOAD_BYTES = 2 * 1024 * 1024
-"""Default limit on one encoded payload (2 MiB)."""
+"""Default limit on one encoded payload (2 MiB).
+
+>>> from sagas.converter import DEFAULT_MAX_PAYLOAD_BYTES, DataConverter
+>>> DEFAULT_MAX_PAYLOAD_BYTES
+2097152
+>>> big = DataConverter(max_payload_bytes=4 * DEFAULT_MAX_PAYLOAD_BYTES)
+"""
 
 CODEC_KEY = "__sagas_codec__"
 
@@ -197,12 +203,23 @@ _DEFAULT = DataConverter()
 
 
 def default() -> DataConverter:
-    """The shared default converter (no codec, 2 MiB limit)."""
+    """The shared default converter (no codec, 2 MiB limit).
+
+    >>> from sagas.converter import default
+    >>> default().to_payloads([1, "a", None])
+    [1, 'a', None]
+    """
     return _DEFAULT
 
 
 def parameter_hints(fn: Callable[..., Any], *, skip_self: bool = False) -> list[Any]:
-    """Type hints of ``fn``'s positional parameters (``None`` where absent), for :meth:`DataConverter.from_payloads`."""
+    """Type hints of ``fn``'s positional parameters (``None`` where absent), for :meth:`DataConverter.from_payloads`.
+
+    >>> from sagas.converter import parameter_hints
+    >>> def book(city: str, nights: int, note=None) -> str: ...
+    >>> parameter_hints(book)
+    [<class 'str'>, <class 'int'>, None]
+    """
     try:
         hints = get_type_hints(fn)
     except Exception:  # unresolvable forward references: fall back to raw JSON
@@ -223,7 +240,13 @@ def parameter_hints(fn: Callable[..., Any], *, skip_self: bool = False) -> list[
 
 
 def return_hint(fn: Callable[..., Any]) -> Any:
-    """``fn``'s return annotation, or ``None`` when it has none."""
+    """``fn``'s return annotation, or ``None`` when it has none.
+
+    >>> from sagas.converter import return_hint
+    >>> def book(city: str) -> list[str]: ...
+    >>> return_hint(book)
+    list[str]
+    """
     try:
         return get_type_hints(fn).get("return")
     except Exception:

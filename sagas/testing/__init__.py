@@ -1,7 +1,9 @@
 """Test helpers (mirrors ``temporalio.testing``).
 
 * :class:`WorkflowEnvironment` -- a real orchestrator in this process, on an
-  in-memory store and a free port, with a connected client::
+  in-memory store and a free port, with a connected client.
+
+  Example::
 
       async with await WorkflowEnvironment.start_local() as env:
           async with Worker(env.client, task_queue="tq", workflows=[MyWorkflow], activities=[act]):
@@ -50,7 +52,16 @@ _R = TypeVar("_R")
 
 
 class WorkflowEnvironment:
-    """A client connected to an orchestrator, plus the in-process server when it started one."""
+    """A client connected to an orchestrator, plus the in-process server when it started one.
+
+    Example (a pytest test, with pytest-asyncio)::
+
+        async def test_trip_waits_a_day() -> None:
+            async with await WorkflowEnvironment.start_time_skipping() as env:
+                async with Worker(env.client, task_queue="trips", workflows=[BookTrip], activities=[book_car]):
+                    result = await env.client.execute_workflow(BookTrip.run, trip, id="trip-1", task_queue="trips")
+            assert result == "booked"
+    """
 
     def __init__(self, client: Client, server: DevServer | None = None, *, time_skipping: bool = False) -> None:
         self._client = client
@@ -102,6 +113,7 @@ class WorkflowEnvironment:
 
     @property
     def client(self) -> Client:
+        """The client connected to the environment's orchestrator."""
         return self._client
 
     @property
@@ -111,6 +123,7 @@ class WorkflowEnvironment:
 
     @property
     def supports_time_skipping(self) -> bool:
+        """True for an environment from :meth:`start_time_skipping`."""
         return self._time_skipping
 
     async def sleep(self, duration: timedelta | float) -> None:
@@ -143,6 +156,18 @@ class ActivityEnvironment:
     * ``on_heartbeat``: also called with each heartbeat's details;
     * :meth:`cancel`: request cancellation (async activities get
       ``asyncio.CancelledError``; every activity sees ``activity.is_cancelled()``).
+
+    >>> from sagas import activity
+    >>> from sagas.testing import ActivityEnvironment
+    >>> @activity.defn
+    ... def resize(path: str) -> str:
+    ...     activity.heartbeat("resizing")
+    ...     return path.replace(".png", ".small.png")
+    >>> env = ActivityEnvironment()
+    >>> env.run(resize, "cat.png")
+    'cat.small.png'
+    >>> env.heartbeats
+    [('resizing',)]
     """
 
     def __init__(self, client: Client | None = None) -> None:

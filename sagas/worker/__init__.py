@@ -1,6 +1,6 @@
 """Run workflows and activities (mirrors ``temporalio.worker``).
 
-::
+Example::
 
     from sagas.client import Client
     from sagas.worker import Worker

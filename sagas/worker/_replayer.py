@@ -30,6 +30,12 @@ class WorkflowHistory:
 
     ``run_id`` seeds ``workflow.random()``; when empty it is taken from the
     start event's ``original_execution_run_id``.
+
+    Example::
+
+        history = await client.get_workflow_handle("trip-1").fetch_history()
+        Path("tests/histories/trip-1.json").write_text(history.to_json())
+        same = WorkflowHistory.from_json(Path("tests/histories/trip-1.json").read_text())
     """
 
     workflow_id: str
@@ -67,7 +73,14 @@ class WorkflowHistory:
 
 @dataclass
 class ReplayResult:
-    """The outcome of replaying one history; ``replay_failure`` is ``None`` on success."""
+    """The outcome of replaying one history; ``replay_failure`` is ``None`` on success.
+
+    Example::
+
+        result = await Replayer(workflows=[BookTrip]).replay_workflow(history, raise_on_replay_failure=False)
+        if result.replay_failure is not None:
+            print("does not replay:", result.replay_failure)
+    """
 
     history: WorkflowHistory
     replay_failure: Exception | None = None
@@ -75,7 +88,15 @@ class ReplayResult:
 
 @dataclass
 class ReplayResults:
-    """Outcomes of :meth:`Replayer.replay_workflows`: failures by ``workflow_id/run_id``."""
+    """Outcomes of :meth:`Replayer.replay_workflows`: failures by ``workflow_id/run_id``.
+
+    Example::
+
+        results = await Replayer(workflows=[BookTrip]).replay_workflows(histories, raise_on_replay_failure=False)
+        for run, error in results.replay_failures.items():
+            print(run, error)
+        print(results.replayed, "replayed")
+    """
 
     replay_failures: dict[str, Exception] = field(default_factory=dict)
     replayed: int = 0
@@ -87,6 +108,11 @@ class Replayer:
     A replay fails with the error the runtime raised: most often
     :class:`~sagas.exceptions.NondeterminismError`, naming the event id and
     both commands.
+
+    Example::
+
+        history = WorkflowHistory.from_json(Path("tests/histories/trip-1.json").read_text())
+        await Replayer(workflows=[BookTrip]).replay_workflow(history)   # raises NondeterminismError on a divergence
     """
 
     def __init__(self, *, workflows: Sequence[type], data_converter: DataConverter | None = None) -> None:

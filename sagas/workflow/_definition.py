@@ -191,13 +191,34 @@ def defn(
 
 
 def run(fn: _F) -> _F:
-    """Mark the workflow's ``async`` entry point (exactly one per class)."""
+    """Mark the workflow's ``async`` entry point (exactly one per class).
+
+    Example::
+
+        @workflow.defn
+        class BookTrip:
+            @workflow.run
+            async def run(self, trip: Trip) -> str:
+                return await workflow.execute_activity(book_car, trip, start_to_close_timeout=T)
+    """
     setattr(fn, _RUN_ATTR, True)
     return fn
 
 
 def init(fn: _F) -> _F:
-    """Mark ``__init__`` as taking the same arguments as the run method (like temporalio's ``workflow.init``)."""
+    """Mark ``__init__`` as taking the same arguments as the run method (like temporalio's ``workflow.init``).
+
+    Example::
+
+        @workflow.defn
+        class BookTrip:
+            @workflow.init
+            def __init__(self, trip: Trip) -> None:
+                self.trip = trip          # handlers can use it before run starts
+
+            @workflow.run
+            async def run(self, trip: Trip) -> str: ...
+    """
     setattr(fn, _INIT_ATTR, True)
     return fn
 
@@ -268,11 +289,26 @@ def query(fn: _F | None = None, *, name: str | None = None, dynamic: bool = Fals
 
 
 class UpdateMethod(Protocol, Generic[_P, _R_co]):
-    """An update handler: callable as before, plus ``.validator`` to register a validator."""
+    """An update handler: callable as before, plus ``.validator`` to register a validator.
+
+    Example (in a workflow class)::
+
+        @workflow.update
+        async def set_limit(self, limit: int) -> int:
+            self.limit = limit
+            return limit
+
+        @set_limit.validator
+        def check_limit(self, limit: int) -> None:
+            if limit < 0:
+                raise ApplicationError("limit must be positive")
+    """
 
     def __call__(self, *args: _P.args, **kwargs: _P.kwargs) -> _R_co: ...
 
-    def validator(self, vfn: Callable[_P, None]) -> Callable[_P, None]: ...
+    def validator(self, vfn: Callable[_P, None]) -> Callable[_P, None]:
+        """Register ``vfn`` as the update's validator (it raises to reject the update)."""
+        ...
 
 
 @overload
