@@ -19,6 +19,7 @@ import platform
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from orchestrator.api import commands as C
@@ -30,19 +31,31 @@ from orchestrator.persistence.sqlite import SqliteHistoryStore
 RESULTS = Path(__file__).parent / "results"
 
 
-async def one_workflow(history: HistoryService, i: int, latencies: list[float]) -> None:
+STEPS = ("start", "schedule_activity", "activity_completed", "complete_workflow")
+"""The four history writes of a one-activity workflow, in order."""
+
+
+async def one_workflow(
+    history: HistoryService, i: int, latencies: list[float], on_step: Callable[[str], None] | None = None
+) -> None:
+    """One workflow's four writes; ``on_step(name)`` is called after each (``STEPS``)."""
+    step = on_step or (lambda name: None)
     t0 = time.perf_counter()
     engine = history.engine
     wid = f"bench-{i}"
     run_id, _ = await history.start(StartRequest(namespace="default", workflow_id=wid, workflow_type="Bench", task_queue="q"))
+    step("start")
     cmd = C.ScheduleActivityTask(activity_id="1", activity_type="work", task_queue="q", start_to_close_timeout=30)
     m = await history.update("default", wid, run_id, lambda s, now: engine.complete_workflow_task(s, 2, 1, [cmd], now=now))
+    step("schedule_activity")
     sched = m.events[-1].event_id
     m = await history.update("default", wid, run_id, lambda s, now: engine.activity_completed(s, sched, 1, {"ok": True}, now=now))
+    step("activity_completed")
     wft = m.state.workflow_task
     assert wft is not None
     done = C.CompleteWorkflowExecution(result="ok")
     await history.update("default", wid, run_id, lambda s, now: engine.complete_workflow_task(s, wft.scheduled_event_id, 1, [done], now=now))
+    step("complete_workflow")
     latencies.append(time.perf_counter() - t0)
 
 

@@ -53,8 +53,10 @@ import logging
 import math
 import re
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import AsyncExitStack, contextmanager
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from bson.int64 import Int64
@@ -139,6 +141,12 @@ DEFAULT_DATABASE = "sagas"
 WRITE_CONFLICT = 112
 """MongoDB's ``WriteConflict`` error code."""
 
+SESSION_RECORD_REFRESH_SECONDS = 600.0
+"""How often a process re-records a server session it keeps using (see ``_record_session``)."""
+
+SESSION_RECORD_TTL_SECONDS = 24 * 3600
+"""A ``sessions`` record not refreshed for this long is removed by a TTL index."""
+
 _NOT_A_REPLICA_SET = (
     "transactions need a replica set; start mongod with --replSet rs0 and rs.initiate(), "
     "a single node is fine"
@@ -189,6 +197,11 @@ class MongoHistoryStore(HistoryStore):
         self._stripe_locks: dict[tuple[int, int], asyncio.Lock] = {}
         self._last_seq = 0
         self._closed = False
+        self._owner: str | None = None
+        """The member id this store acquires shards with a lease for (None: no lease, one process)."""
+        self._instance = uuid.uuid4().hex
+        self._recorded_sessions: dict[bytes, float] = {}
+        """Server session id -> when it was last recorded in ``sessions``."""
 
     # lifecycle --------------------------------------------------------------
     async def open(self) -> None:
@@ -252,6 +265,10 @@ class MongoHistoryStore(HistoryStore):
             "timer_tasks": [
                 IndexModel([("shard_id", 1), ("task_id", 1)], name="task_unique", **unique),
                 IndexModel([("shard_id", 1), ("fire_time", 1), ("seq", 1)], name="shard_fire_time"),
+            ],
+            "sessions": [
+                IndexModel([("owner", 1)], name="by_owner"),
+                IndexModel([("recorded_at", 1)], name="expiry", expireAfterSeconds=SESSION_RECORD_TTL_SECONDS),
             ],
             "visibility": [
                 IndexModel([("namespace", 1), *_VISIBILITY_ORDER], name="by_start_time"),
@@ -330,6 +347,7 @@ class MongoHistoryStore(HistoryStore):
 
     async def _transaction_once(self, body: Callable[[AsyncClientSession], Awaitable[T]]) -> T:
         async with self._database.client.start_session() as session:
+            await self._record_session(session)
             async with await session.start_transaction(
                 read_concern=ReadConcern("snapshot"),
                 write_concern=WriteConcern("majority"),
@@ -379,8 +397,70 @@ class MongoHistoryStore(HistoryStore):
             return StoreUnavailableError(f"{self.url}: MongoDB unavailable ({exc}); {what}. Retry later.")
         return StoreError(f"{self.url}: MongoDB error ({exc}); {what}")
 
+    # dead owners' transactions -----------------------------------------------
+    # A process killed inside a transaction leaves it open on the server, with its write locks on
+    # the fence documents, until transactionLifetimeLimitSeconds (60 s by default) runs out: every
+    # acquisition of the shard conflicts with it until then. So each process with a shard lease
+    # records the server sessions its transactions run in (before the transaction starts), and the
+    # next owner of a shard whose lease expired kills that owner's sessions (``killSessions``),
+    # which aborts their open transactions at once. A live owner whose lease expired loses nothing
+    # it still had a right to: its transaction fails with a transient error, is retried, and is
+    # fenced out by the new range_id.
+    async def _record_session(self, session: AsyncClientSession) -> None:
+        """Record ``session``'s server session id under this store's owner (only with shard leases)."""
+        if self._owner is None:
+            return
+        lsid = session.session_id["id"]
+        key, now = bytes(lsid), time.monotonic()
+        if now - self._recorded_sessions.get(key, -math.inf) < SESSION_RECORD_REFRESH_SECONDS:
+            return
+        with self._errors("the server session was not recorded"):
+            await self._coll("sessions").replace_one(
+                {"_id": lsid},
+                {"owner": self._owner, "instance": self._instance, "recorded_at": datetime.now(UTC)},
+                upsert=True,
+            )
+        self._recorded_sessions[key] = now
+
+    async def _kill_sessions_of_previous_owner(self, shard_id: int, owner: str) -> None:
+        """Abort the open transactions of the shard's previous owner if it is gone (see above).
+
+        Gone: its lease ran out without a release (a release sets ``lease_until`` to 0), or it
+        had this very member id (a restarted process; this store's own sessions are spared).
+        """
+        with self._errors(f"cannot read shard {shard_id}"):
+            held = await self._coll("shards").find_one({"_id": shard_id})
+        if held is None:
+            return
+        previous, lease_until = str(held.get("owner", "")), float(held.get("lease_until", 0.0))
+        if previous != owner and not 0.0 < lease_until <= time.time():
+            return
+        with self._errors("cannot read the previous owner's sessions"):
+            docs = await self._coll("sessions").find(
+                {"owner": previous, "instance": {"$ne": self._instance}}, {"_id": 1}
+            ).to_list()
+        if not docs:
+            return
+        try:
+            await self._database.client.admin.command({"killSessions": [{"id": d["_id"]} for d in docs]})
+        except OperationFailure as exc:  # e.g. not authorized: the takeover waits for the server instead
+            _log.warning(
+                "could not kill the %d server sessions of %s, the previous owner of shard %d (%s); its open "
+                "transactions block the takeover until the server aborts them (transactionLifetimeLimitSeconds)",
+                len(docs), previous, shard_id, exc,
+            )
+            return
+        except PyMongoError as exc:
+            what = f"the sessions of the previous owner of shard {shard_id} were not killed"
+            raise self._store_error(exc, what) from exc
+        _log.info("killed %d server sessions of %s, the previous owner of shard %d", len(docs), previous, shard_id)
+
     # shards -----------------------------------------------------------------
     async def acquire_shard(self, shard_id: int, owner: str, lease_seconds: float | None = None) -> int:
+        if lease_seconds is not None:
+            self._owner = owner
+            await self._kill_sessions_of_previous_owner(shard_id, owner)
+
         async def acquire(session: AsyncClientSession) -> int:
             now = time.time()
             if lease_seconds is not None:
@@ -461,7 +541,7 @@ class MongoHistoryStore(HistoryStore):
         async def write(session: AsyncClientSession) -> None:
             view = await self._read_view(session, shard_id, stripes, writes)
             plan = plan_write(shard_id, range_id, writes, view)
-            await self._apply(session, range_id, plan)
+            await self._apply(session, range_id, plan, view)
 
         stripes = sorted({self._stripe(w.state.namespace, w.state.workflow_id) for w in writes} or {0})
         async with AsyncExitStack() as held:
@@ -514,7 +594,7 @@ class MongoHistoryStore(HistoryStore):
             range_ids.append(0 if fence is None else int(fence["range_id"]))
         return min(range_ids)
 
-    async def _apply(self, session: AsyncClientSession, range_id: int, plan: WritePlan) -> None:
+    async def _apply(self, session: AsyncClientSession, range_id: int, plan: WritePlan, view: StoredView) -> None:
         executions = self._coll("executions")
         for key, row in plan.executions.items():
             fields = {"db_version": row.state.db_version, "state": _codec.encode_state(row.state)}
@@ -533,6 +613,10 @@ class MongoHistoryStore(HistoryStore):
                 if result.matched_count != 1:  # cannot happen: the version was read in this transaction
                     raise ConditionFailedError(f"run {'/'.join(key)} changed during the write")
         for wf_key, pointer in plan.current.items():
+            if view.current.get(wf_key) == pointer:
+                # Unchanged (a write in the middle of a run): one round trip less. The fence
+                # document already makes a concurrent writer of this workflow id conflict.
+                continue
             await self._coll("current_executions").replace_one(
                 {"_id": _workflow_id(wf_key)},
                 {

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import socket
+import time
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -250,3 +251,68 @@ async def test_open_is_idempotent_and_the_url_hides_the_password(database: str) 
     await first.aclose()
     await second.aclose()
     assert "s3cret" not in MongoHistoryStore("mongodb://sagas:s3cret@db1,db2/sagas?replicaSet=rs0").url
+
+
+async def test_a_takeover_from_an_owner_that_died_inside_a_transaction_is_prompt(
+    store: MongoHistoryStore, second_store: MongoHistoryStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The old owner dies (here: hangs forever) inside a write transaction that has written a fence
+    # document. The server keeps that transaction, and its write lock on the fence, until
+    # transactionLifetimeLimitSeconds (60 s); the new owner must not have to wait for it.
+    lease = 0.3
+    old_range = await store.acquire_shard(SHARD, "dead-owner", lease)
+    state = make_state()
+    await store.write(SHARD, old_range, [create(state)])
+
+    fenced, never = asyncio.Event(), asyncio.Event()
+    fence = store._fence
+    hung = False
+
+    async def fence_then_hang(session: AsyncClientSession, shard_id: int, stripes: list[int]) -> int:
+        nonlocal hung
+        range_id = await fence(session, shard_id, stripes)
+        if not hung:
+            hung = True
+            fenced.set()
+            await never.wait()
+        return range_id
+
+    monkeypatch.setattr(store, "_fence", fence_then_hang)
+    _, write = update(state, [marker(3, owner="dead")])
+    dead_write = asyncio.create_task(store.write(SHARD, old_range, [write]))
+    try:
+        await _take_over_from_the_hung_owner(second_store, state, old_range, fenced, never, dead_write)
+    finally:
+        never.set()
+        if not dead_write.done():
+            dead_write.cancel()
+        await asyncio.gather(dead_write, return_exceptions=True)
+
+
+async def _take_over_from_the_hung_owner(
+    second_store: MongoHistoryStore,
+    state: Any,
+    old_range: int,
+    fenced: asyncio.Event,
+    never: asyncio.Event,
+    dead_write: asyncio.Task[None],
+) -> None:
+    await asyncio.wait_for(fenced.wait(), 10)
+    [shard] = [s for s in await second_store.list_shards() if s.shard_id == SHARD]
+    while time.time() <= shard.lease_until:  # until the dead owner's lease has expired
+        await asyncio.sleep(0.02)
+
+    started = time.monotonic()
+    new_range = await asyncio.wait_for(second_store.acquire_shard(SHARD, "new-owner", 10.0), 10)
+    took = time.monotonic() - started
+    assert new_range == old_range + 1
+    assert took < 5.0, f"the takeover waited {took:.1f} s for the dead owner's transaction"
+    # The new owner writes the workflow the dead transaction was writing.
+    _, write = update(state, [marker(3, owner="new")])
+    await second_store.write(SHARD, new_range, [write])
+
+    # Should the old owner wake up after all, its transaction is gone and it is fenced out.
+    never.set()
+    with pytest.raises((ShardOwnershipLostError, ConditionFailedError)):
+        await asyncio.wait_for(dead_write, 30)
+    assert await second_store.read_events(NS, "wf-1", "run-1", first_event_id=3) == [marker(3, owner="new")]

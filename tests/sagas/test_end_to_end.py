@@ -515,7 +515,7 @@ async def test_activity_deadline_is_enforced_on_the_worker(env: WorkflowEnvironm
             )
     cause = info.value.cause
     assert isinstance(cause, ActivityError) and isinstance(cause.cause, SagasTimeoutError)
-    assert LOCAL_CANCELS == [tq]
+    assert [k for k in LOCAL_CANCELS if k == tq] == [tq]  # this run only (the module runs per store)
 
 
 @activity.defn
