@@ -6,6 +6,7 @@
     python -m bench run --workload timers --timers 300  # fewer timer workflows
     python -m bench run --workload one_activity --systems sagas --profile   # py-spy our server + worker
     python -m bench report                              # README.md + charts from the JSON files
+    python -m bench brokers                             # tasks/s + latency per broker (bench/brokers.py)
 
 Each system runs alone, one after the other, under the same load generator
 (:mod:`bench.load`); results go to ``bench/results/<workload>.json`` with the
@@ -259,7 +260,19 @@ def main() -> None:
     s.set_defaults(profile=False, timers=1000)
     rep = sub.add_parser("report", help="regenerate bench/results/README.md and the charts from the JSON files")
     rep.add_argument("--results-dir", type=Path, default=report.RESULTS)
+    b = sub.add_parser("brokers", help="tasks/s and dispatch latency per broker (bench/brokers.py)")
+    b.add_argument("--brokers", default="memory,local,rabbitmq,kafka,sqs", help="comma list")
+    b.add_argument("--tasks", type=int, default=2000, help="tasks per broker")
+    b.add_argument("--window", type=int, default=32, help="tasks in flight")
+    b.add_argument("--results-dir", type=Path, default=report.RESULTS)
     args = parser.parse_args()
+    if args.command == "brokers":
+        from bench import brokers
+
+        names = [n for n in args.brokers.split(",") if n]
+        for path in asyncio.run(brokers.run(names, args.tasks, args.window, args.results_dir)):
+            print(f"wrote {path}")
+        return
     if args.command == "report":
         for path in report.regenerate(args.results_dir):
             print(f"wrote {path}")

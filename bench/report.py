@@ -241,6 +241,14 @@ def regenerate(results: Path = RESULTS) -> list[Path]:
     for workload, doc in docs.items():
         written.append(chart(workload, doc, results))
     path = results / "README.md"
-    path.write_text(readme(docs))
+    text = readme(docs)
+    if (results / "brokers.json").exists():  # keep the broker section (bench/brokers.py)
+        from bench import brokers
+
+        text = text.rstrip("\n") + "\n\n" + brokers.markdown(json.loads((results / "brokers.json").read_text()))
+    path.write_text(text)
+    from bench.mongo_history import update_readme  # the MongoDB store's section, from its own JSON
+
+    update_readme(results)
     written.append(path)
     return written

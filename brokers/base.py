@@ -108,6 +108,38 @@ class Broker(abc.ABC):
     async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         """Read (without removing) what is in the dead-letter queue."""
 
+    # -- sticky queues -----------------------------------------------------
+    #
+    # A worker's sticky queue (``{prefix}.{ns}.sticky.{worker}``) receives the
+    # workflow tasks of the runs it holds in its cache. It only lives as long as
+    # its worker: nothing sent to it may be lost when the worker goes away.
+    # Every broker guarantees that a message given to ``publish_sticky`` is
+    # received from the sticky queue by its worker, or else reaches ``fallback``
+    # (the task queue's normal ``.wf`` queue) at most about ``timeout`` seconds
+    # after it was published or after the worker went away (Temporal's sticky
+    # schedule-to-start timeout). Brokers without sticky routing
+    # (``sticky_routing = False``) send it to ``fallback`` at once.
+
+    sticky_routing: bool = False
+    """True when ``publish_sticky`` can route to a worker's own queue; False: it
+    always publishes to the fallback queue and workers need not poll a sticky queue."""
+
+    async def declare_sticky_queue(self, queue: str, *, fallback: str, timeout: float) -> None:  # noqa: B027
+        """Create this worker's sticky ``queue``: a message not received within
+        ``timeout`` seconds, and everything it holds once its worker stopped
+        receiving (closed, crashed) for ``timeout``, moves to ``fallback``; then
+        the queue is deleted. A no-op without sticky routing."""
+
+    async def delete_sticky_queue(self, queue: str) -> None:  # noqa: B027
+        """The worker is leaving: hand what ``queue`` holds to its fallback now (best effort;
+        the timeout does it otherwise). A no-op without sticky routing."""
+
+    async def publish_sticky(
+        self, queue: str, fallback: str, body: bytes, headers: dict[str, str] | None = None
+    ) -> str:
+        """Publish to the sticky ``queue`` while its worker is there, else to ``fallback``."""
+        return await self.publish(fallback, body, headers)
+
 
 def parse_broker_url(url: str) -> tuple[str, str, dict[str, str]]:
     """Split a broker URL into (scheme, netloc+path, options from the query string)."""

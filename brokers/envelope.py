@@ -142,6 +142,9 @@ class WorkflowTaskCompleted(_Msg):
     identity: str = ""
     query_result: Any = None
     query_failure: Failure | None = None
+    sticky_queue: str = ""
+    """The worker keeps the run cached: send its next workflow task to this sticky queue
+    (``{prefix}.{ns}.sticky.{worker}``; the broker falls back to the normal queue)."""
 
 
 class WorkflowTaskFailed(_Msg):

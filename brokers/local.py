@@ -39,6 +39,7 @@ from orchestrator.api.http import (
     ReceiveRequest,
     ReceiveResponse,
     SettleRequest,
+    StickyQueueRequest,
 )
 
 _M = TypeVar("_M", bound=BaseModel)
@@ -158,6 +159,22 @@ class LocalBrokerClient(Broker):
     async def nack(self, delivery: Delivery, *, requeue: bool = True, reason: str = "") -> None:
         req = SettleRequest(receipt=str(delivery.receipt), requeue=requeue, reason=reason)
         _parse(Ack, await self._call("POST", f"/queues/{_q(delivery.queue)}/nack", req), self.base_url)
+
+    # -- sticky queues: kept by the server's MemoryBroker, alive while this client polls them --
+
+    sticky_routing = True
+
+    async def declare_sticky_queue(self, queue: str, *, fallback: str, timeout: float) -> None:
+        req = StickyQueueRequest(fallback=fallback, timeout=timeout)
+        _parse(Ack, await self._call("POST", f"/queues/{_q(queue)}/sticky", req), self.base_url)
+
+    async def delete_sticky_queue(self, queue: str) -> None:
+        _parse(Ack, await self._call("DELETE", f"/queues/{_q(queue)}/sticky"), self.base_url)
+
+    async def publish_sticky(self, queue: str, fallback: str, body: bytes, headers: dict[str, str] | None = None) -> str:
+        req = PublishRequest(body=body.decode(), headers=dict(headers or {}), fallback=fallback)
+        data = await self._call("POST", f"/queues/{_q(queue)}/publish", req)
+        return _parse(PublishResponse, data, self.base_url).message_id
 
     async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         data = await self._call("GET", "/dlq", params={"limit": limit})

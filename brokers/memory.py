@@ -6,6 +6,14 @@ publishes again whatever was still pending. Receivers get a *lease*: a message
 not acked within ``visibility_timeout`` becomes visible again, and after
 ``max_deliveries`` deliveries it goes to the dead-letter list.
 
+Sticky queues (:meth:`MemoryBroker.declare_sticky_queue`): the queue is alive
+while its worker receives from it (each receive renews it for ``timeout``
+seconds past the end of the long poll). A message that waited ``timeout``
+unreceived, and, once the worker stopped receiving for ``timeout``, everything
+the queue holds (leased messages too) move to the fallback queue and the queue
+is deleted; ``publish_sticky`` to a deleted queue publishes to the fallback. A
+background sweep checks every quarter of the shortest timeout (at most 0.25 s).
+
     broker = MemoryBroker(visibility_timeout=5)
     await broker.publish("q", b"{}")
     [d] = await broker.receive("q", wait=1)
@@ -31,6 +39,7 @@ class _Message:
     body: bytes
     headers: dict[str, str]
     delivery_count: int = 0
+    enqueued: float = 0.0
 
 
 @dataclass
@@ -38,6 +47,14 @@ class _Queue:
     ready: deque[_Message] = field(default_factory=deque)
     leased: dict[str, tuple[_Message, float]] = field(default_factory=dict)
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@dataclass
+class _Sticky:
+    fallback: str
+    timeout: float
+    alive_until: float
+    polls: int = 0
 
 
 class MemoryBroker(Broker):
@@ -52,6 +69,8 @@ class MemoryBroker(Broker):
         self._dead: deque[DeadLetter] = deque(maxlen=max_dead_letters)
         self._receipts = itertools.count(1)
         self._closed = False
+        self._sticky: dict[str, _Sticky] = {}
+        self._sticky_sweeper: asyncio.Task[None] | None = None
         self.on_dead_letter: Callable[[str], None] | None = None
         """Called with the queue name whenever a message is dead-lettered (the server counts them)."""
 
@@ -63,8 +82,13 @@ class MemoryBroker(Broker):
             max_deliveries=int(options.get("max_deliveries", 5)),
         )
 
+    sticky_routing = True
+
     async def aclose(self) -> None:
         self._closed = True
+        if self._sticky_sweeper is not None:
+            self._sticky_sweeper.cancel()
+            self._sticky_sweeper = None
         for q in self._queues.values():
             q.wakeup.set()
 
@@ -108,6 +132,18 @@ class MemoryBroker(Broker):
         q.wakeup.set()
 
     async def receive(self, queue: str, max_messages: int = 1, wait: float = 0.0) -> list[Delivery]:
+        sticky = self._sticky.get(queue)
+        if sticky is not None:
+            sticky.polls += 1
+            sticky.alive_until = max(sticky.alive_until, time.monotonic() + wait + sticky.timeout)
+            try:
+                return await self._receive(queue, max_messages, wait)
+            finally:
+                sticky.polls -= 1
+                sticky.alive_until = time.monotonic() + sticky.timeout
+        return await self._receive(queue, max_messages, wait)
+
+    async def _receive(self, queue: str, max_messages: int, wait: float) -> list[Delivery]:
         q = self._queue(queue)
         deadline = time.monotonic() + wait
         while True:
@@ -153,6 +189,75 @@ class MemoryBroker(Broker):
 
     async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         return list(self._dead)[-limit:]
+
+    # -- sticky queues -------------------------------------------------------
+
+    async def declare_sticky_queue(self, queue: str, *, fallback: str, timeout: float) -> None:
+        if timeout <= 0:
+            raise BrokerError(f"sticky queue {queue!r}: timeout must be positive, got {timeout}")
+        self._queue(queue)
+        self._queue(fallback)
+        now = time.monotonic()
+        current = self._sticky.get(queue)
+        if current is None:
+            self._sticky[queue] = _Sticky(fallback, timeout, now + timeout)
+        else:
+            current.fallback, current.timeout = fallback, timeout
+            current.alive_until = max(current.alive_until, now + timeout)
+        if self._sticky_sweeper is None or self._sticky_sweeper.done():
+            self._sticky_sweeper = asyncio.create_task(self._sweep_sticky(), name="memory-broker-sticky")
+
+    async def delete_sticky_queue(self, queue: str) -> None:
+        sticky = self._sticky.pop(queue, None)
+        if sticky is not None:
+            self._move_all(queue, sticky.fallback)
+
+    async def publish_sticky(self, queue: str, fallback: str, body: bytes, headers: dict[str, str] | None = None) -> str:
+        sticky = self._sticky.get(queue)
+        if sticky is None or sticky.alive_until <= time.monotonic():
+            return await self.publish(fallback, body, headers)
+        if self._closed:
+            raise BrokerError("broker is closed")
+        msg = _Message(uuid.uuid4().hex, body, dict(headers or {}), enqueued=time.monotonic())
+        q = self._queue(queue)
+        q.ready.append(msg)
+        q.wakeup.set()
+        return msg.message_id
+
+    def _move_all(self, queue: str, fallback: str) -> None:
+        """The worker is gone: its queue's waiting and leased messages go to ``fallback``."""
+        q = self._queues.pop(queue, None)
+        if q is None:
+            return
+        target = self._queue(fallback)
+        target.ready.extend(q.ready)
+        target.ready.extend(msg for msg, _ in q.leased.values())
+        target.wakeup.set()
+        q.wakeup.set()  # a receive still waiting on it returns (empty)
+
+    def sweep_sticky(self) -> None:
+        """Move what waited too long, and the queues of workers that went away (see module docstring)."""
+        now = time.monotonic()
+        for name, sticky in list(self._sticky.items()):
+            if sticky.polls == 0 and sticky.alive_until <= now:
+                del self._sticky[name]
+                self._move_all(name, sticky.fallback)
+                continue
+            q = self._queues.get(name)
+            if q is None or not q.ready:
+                continue
+            stale = [m for m in q.ready if m.enqueued + sticky.timeout <= now]
+            if stale:
+                for m in stale:
+                    q.ready.remove(m)
+                target = self._queue(sticky.fallback)
+                target.ready.extend(stale)
+                target.wakeup.set()
+
+    async def _sweep_sticky(self) -> None:
+        while self._sticky and not self._closed:
+            await asyncio.sleep(min(0.25, min(s.timeout for s in self._sticky.values()) / 4))
+            self.sweep_sticky()
 
     def busy(self) -> bool:
         """True while any message is waiting or leased (used by time skipping)."""

@@ -52,6 +52,10 @@ How the broker contract maps onto RabbitMQ:
   ``{prefix}.dlq`` (confirmed) with the reason in the ``x-sagas-reason`` header
   and the source queue in ``x-sagas-queue``; then the original is acked. (A
   broker-side ``basic.reject`` would lose the reason.)
+* **Streams** (:meth:`RabbitMQBroker.declare_stream`, :meth:`~RabbitMQBroker.read_stream`):
+  the history stream ``{prefix}.history`` is a RabbitMQ stream
+  (``x-queue-type=stream``, in core since 3.9): published to like a queue,
+  read from its first offset by any number of readers, nothing removed.
 * **Delivery limit**: every work queue is declared with ``x-delivery-limit``
   and ``x-dead-letter-exchange`` = ``{prefix}.dlx`` (fanout, bound to
   ``{prefix}.dlq``), so a message whose consumers keep crashing is
@@ -65,6 +69,18 @@ How the broker contract maps onto RabbitMQ:
   that a concurrent DLQ consumer does not see the messages while they are
   being read, and that each read bumps their ``x-delivery-count`` (the DLQ has
   no delivery limit).
+* **Sticky queues** (:meth:`RabbitMQBroker.declare_sticky_queue`): a classic,
+  non-durable queue with ``x-message-ttl`` = the sticky timeout,
+  ``x-dead-letter-exchange`` = ``""`` (the default exchange) and
+  ``x-dead-letter-routing-key`` = the fallback queue, and ``x-expires`` (twice
+  the timeout, at least 10 s more). A task nobody took within the timeout --
+  including one its worker held unacked when its connection died, which
+  RabbitMQ requeues with its original expiry -- is dead-lettered by RabbitMQ
+  itself into the normal queue; the queue is deleted once unused for
+  ``x-expires``. ``publish_sticky`` first asks (passive declare on a private
+  channel) whether the queue still has a consumer: if not, or if the queue is
+  gone (404, or the ``mandatory`` publish comes back unroutable), the task goes
+  straight to the fallback queue.
 """
 
 from __future__ import annotations
@@ -87,6 +103,7 @@ from aio_pika.abc import (
 from aio_pika.exceptions import (
     AMQPError,
     ChannelInvalidStateError,
+    ChannelNotFoundEntity,
     ChannelPreconditionFailed,
     DeliveryError,
     MessageProcessError,
@@ -163,6 +180,10 @@ class RabbitMQBroker(Broker):
         self._buffers: dict[str, asyncio.Queue[AbstractIncomingMessage | None]] = {}
         self._consumer_lock = asyncio.Lock()
         self._closed = False
+        self._probe: aio_pika.Channel | None = None
+        self._consumer_tags: dict[str, str] = {}
+
+    sticky_routing = True
 
     @classmethod
     def from_url(cls, url: str) -> RabbitMQBroker:
@@ -239,9 +260,8 @@ class RabbitMQBroker(Broker):
 
         Every queue is durable, of ``queue_type``, dead-letters to
         ``{prefix}.dlx`` and (quorum) has the delivery limit. This is the hook
-        for sticky queues (``{prefix}.{namespace}.sticky.{worker_id}``), a later
-        feature: they will be classic, auto-delete queues that vanish with
-        their worker, so match their name here and return that spec.
+        for other kinds of queue; sticky queues are declared by
+        :meth:`declare_sticky_queue` (their spec depends on the fallback).
         """
         arguments: dict[str, Any] = {
             "x-queue-type": self.queue_type,
@@ -296,6 +316,67 @@ class RabbitMQBroker(Broker):
             raise BrokerError(f"cannot declare queue {queue!r} on {self.display_url}: {exc}") from exc
         return declared
 
+    # -- streams (the history stream) --------------------------------------
+
+    @staticmethod
+    def stream_spec() -> QueueSpec:
+        """A RabbitMQ stream: an append-only log, read from any offset, as often as wanted (no plugin since 3.9)."""
+        return QueueSpec(durable=True, arguments={"x-queue-type": "stream"})
+
+    async def declare_stream(self, queue: str) -> None:
+        """Declare ``queue`` as a stream (``x-queue-type=stream``); :meth:`publish` then appends to it."""
+        async with self._declare_lock:
+            if queue not in self._declared:
+                self._declared[queue] = await self._declare(queue, self.stream_spec())
+
+    async def read_stream(
+        self,
+        queue: str,
+        *,
+        offset: str | int = "first",
+        first_wait: float = 10.0,
+        idle: float = 2.0,
+        limit: int | None = None,
+    ) -> list[tuple[int, bytes]]:
+        """Read the stream ``queue`` from ``offset`` (``"first"``: its start) until quiet for ``idle`` seconds.
+
+        Returns ``(stream offset, body)`` pairs. Reading removes nothing: each
+        call reads the stream again. A stream consumer needs a prefetch; each
+        message is acked (that only grants credit to the consumer).
+        ``first_wait``: how long to wait for the first message.
+        """
+        await self.declare_stream(queue)
+        connection, _, _ = self._channels()
+        out: list[tuple[int, bytes]] = []
+        try:
+            channel = await _plain_channel(connection)
+        except (AMQPError, OSError, RuntimeError) as exc:
+            raise BrokerError(f"cannot read stream {queue!r} on {self.display_url}: {exc}") from exc
+        try:
+            await channel.set_qos(prefetch_count=max(self.prefetch, 500))
+            declared = await channel.declare_queue(queue, durable=True, arguments=self.stream_spec().arguments)
+            buffer: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+            await declared.consume(buffer.put, no_ack=False, arguments={"x-stream-offset": offset})
+            loop = asyncio.get_running_loop()
+            started, last = loop.time(), None
+            while limit is None or len(out) < limit:
+                remaining = (started + first_wait if last is None else last + idle) - loop.time()
+                try:
+                    message = await asyncio.wait_for(buffer.get(), max(remaining, 0.0)) if remaining > 0 else None
+                except TimeoutError:
+                    message = None
+                if message is None:
+                    break
+                await message.ack()
+                position = (message.headers or {}).get("x-stream-offset")
+                out.append((position if isinstance(position, int) else len(out), message.body))
+                last = loop.time()
+        except (AMQPError, OSError, RuntimeError) as exc:
+            raise BrokerError(f"cannot read stream {queue!r} on {self.display_url}: {exc}") from exc
+        finally:
+            await _close_quietly(channel)
+        return out
+
     # -- publish -----------------------------------------------------------
 
     async def publish(self, queue: str, body: bytes, headers: dict[str, str] | None = None) -> str:
@@ -337,7 +418,7 @@ class RabbitMQBroker(Broker):
             buffer = asyncio.Queue()
             try:
                 # A robust queue's consumer is re-registered after a reconnect.
-                await self._declared[queue].consume(buffer.put, no_ack=False)
+                self._consumer_tags[queue] = await self._declared[queue].consume(buffer.put, no_ack=False)
             except (AMQPError, OSError, RuntimeError) as exc:
                 raise BrokerError(f"cannot consume from {queue!r} on {self.display_url}: {exc}") from exc
             self._buffers[queue] = buffer
@@ -432,6 +513,77 @@ class RabbitMQBroker(Broker):
             log.info("settling %s on %s ignored: %s", delivery.message_id, delivery.queue, exc)
         except (AMQPError, OSError) as exc:
             raise BrokerError(f"settling a message on {delivery.queue!r} at {self.display_url} failed: {exc}") from exc
+
+    # -- sticky queues -----------------------------------------------------
+
+    def sticky_spec(self, fallback: str, timeout: float) -> QueueSpec:
+        """How a sticky queue is declared (see the module docstring)."""
+        ttl_ms = max(1, int(timeout * 1000))
+        return QueueSpec(
+            durable=False,
+            arguments={
+                "x-queue-type": "classic",
+                "x-message-ttl": ttl_ms,
+                "x-dead-letter-exchange": "",
+                "x-dead-letter-routing-key": fallback,
+                "x-expires": max(2 * ttl_ms, ttl_ms + 10_000),
+            },
+        )
+
+    async def declare_sticky_queue(self, queue: str, *, fallback: str, timeout: float) -> None:
+        if timeout <= 0:
+            raise BrokerError(f"sticky queue {queue!r}: timeout must be positive, got {timeout}")
+        await self.declare_queue(fallback)  # the dead-letter target must exist
+        async with self._declare_lock:
+            if queue not in self._declared:
+                self._declared[queue] = await self._declare(queue, self.sticky_spec(fallback, timeout))
+
+    async def delete_sticky_queue(self, queue: str) -> None:
+        """Stop consuming, so publishers send to the fallback; what the queue holds expires into it."""
+        declared = self._declared.get(queue)
+        buffer = self._buffers.pop(queue, None)
+        tag = self._consumer_tags.pop(queue, None)
+        if declared is None or buffer is None or tag is None:
+            return
+        try:
+            await declared.cancel(tag)
+        except (AMQPError, OSError, RuntimeError) as exc:
+            log.debug("cancelling the consumer of %s failed: %s", queue, exc)
+        while not buffer.empty():  # prefetched, never handed out: give them back now
+            message = buffer.get_nowait()
+            if message is not None and not _is_stale(message):
+                try:
+                    await message.nack(requeue=True)
+                except (AMQPError, OSError, ChannelInvalidStateError, MessageProcessError) as exc:
+                    log.debug("returning %s failed: %s", message.message_id, exc)
+        buffer.put_nowait(None)
+
+    async def _has_consumer(self, queue: str) -> bool:
+        """Whether ``queue`` exists and someone consumes it (passive declare on a private channel)."""
+        connection, _, _ = self._channels()
+        probe = self._probe
+        try:
+            if probe is None or probe.is_closed:
+                probe = self._probe = await _plain_channel(connection)
+            declared = await probe.declare_queue(queue, passive=True)
+        except ChannelNotFoundEntity:
+            self._probe = None  # a 404 closes the channel
+            return False
+        except (AMQPError, OSError, RuntimeError) as exc:
+            self._probe = None
+            raise BrokerError(f"cannot check sticky queue {queue!r} on {self.display_url}: {exc}") from exc
+        result = declared.declaration_result
+        return bool(result and result.consumer_count)
+
+    async def publish_sticky(self, queue: str, fallback: str, body: bytes, headers: dict[str, str] | None = None) -> str:
+        if await self._has_consumer(queue):
+            message_id = uuid.uuid4().hex
+            try:
+                await self._send(queue, body, dict(headers or {}), message_id)
+                return message_id
+            except BrokerError as exc:  # deleted in between (unroutable): fall back
+                log.info("sticky queue %s is gone (%s); publishing to %s", queue, exc, fallback)
+        return await self.publish(fallback, body, headers)
 
     # -- dead letters ------------------------------------------------------
 

@@ -354,3 +354,15 @@ def kafka_server() -> Iterator[KafkaServer]:
 @pytest.fixture(scope="session")
 def sqs_server() -> Iterator[SQSServer]:
     yield from _server("sqs", "moto_server")
+
+
+@contextlib.contextmanager
+def running(name: str) -> Iterator[Any]:
+    """Start one server (``rabbitmq``, ``kafka``, ``sqs``) outside pytest, e.g. for the
+    benchmarks (``python -m bench brokers``); stopped on exit. Raises if it cannot start."""
+    start_early(name)
+    server = _starting.pop(name).result()
+    try:
+        yield server
+    finally:
+        _stop(server)

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -23,6 +24,7 @@ from typing import Any
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from brokers import envelope as env
+from brokers import tracing
 from brokers.base import Broker, BrokerError, Delivery, queue_name
 from orchestrator.api import commands as C
 from orchestrator.api import events as E
@@ -43,6 +45,7 @@ from orchestrator.errors import (
 from orchestrator.history.engine import StartRequest, activity_deadline
 from orchestrator.history.service import HistoryService
 from orchestrator.logging import reset_log_context, set_log_context
+from orchestrator.matching.cross_shard import CrossShardClient, HistoryOp, apply, child_closed_op, start_op
 from orchestrator.metrics import METRICS
 
 log = logging.getLogger("sagas.matching")
@@ -75,9 +78,29 @@ class TransferQueueProcessor:
         self._queries: dict[str, asyncio.Future[Any]] = {}
         self._published: set[str] = set()
         self._declared: set[str] = set()
+        self._sticky: collections.OrderedDict[str, str] = collections.OrderedDict()
+        """Run id -> the sticky queue of the worker that completed its last workflow task."""
+        self.remote: CrossShardClient | None = None
+        """In a cluster: sends operations on workflows of shards owned elsewhere to their owner."""
         """Tasks this process already published to a non-durable broker: their rows stay
         until the task is done, and the sweep must not publish them again (the durable
         timeout timers re-drive a lost one)."""
+
+    max_sticky_runs = 100_000
+    """Runs whose sticky queue is remembered (least recently used forgotten first)."""
+
+    def set_sticky(self, namespace: str, run_id: str, queue: str) -> None:
+        """Send the run's next workflow task to ``queue`` (a sticky queue of ``namespace``), or not ("")."""
+        if queue and queue.startswith(f"{self.prefix}.{namespace}.sticky.") and self.broker.sticky_routing:
+            self._sticky[run_id] = queue
+            self._sticky.move_to_end(run_id)
+            while len(self._sticky) > self.max_sticky_runs:
+                self._sticky.popitem(last=False)
+        else:
+            self._sticky.pop(run_id, None)
+
+    def sticky_queue_of(self, run_id: str) -> str | None:
+        return self._sticky.get(run_id)
 
     @property
     def completions_queue(self) -> str:
@@ -194,7 +217,11 @@ class TransferQueueProcessor:
                     next_event_id=wft.scheduled_event_id + 1,
                     updates=updates,
                 )
-                await self._publish(queue_name(self.prefix, state.namespace, wft.task_queue, "wf"), env.encode(msg))
+                normal = queue_name(self.prefix, state.namespace, wft.task_queue, "wf")
+                # A first attempt goes to the sticky queue of the worker that has the run cached;
+                # the broker falls back to the normal queue when that worker is gone.
+                sticky = self._sticky.get(state.run_id) if wft.attempt == 1 else None
+                await self._publish(normal, env.encode(msg), sticky=sticky)
                 METRICS.tasks_dispatched.labels(kind="workflow").inc()
                 return self._published_ok(task)
             case TransferKind.ACTIVITY_TASK:
@@ -231,7 +258,13 @@ class TransferQueueProcessor:
                     scheduled_event_id=info.scheduled_event_id,
                     task_queue=info.task_queue,
                 )
-                await self._publish(queue_name(self.prefix, state.namespace, info.task_queue, "act"), env.encode(amsg))
+                with tracing.span(f"DispatchActivity:{info.activity_type}", parent=info.headers, kind="producer",
+                                  attributes={"sagas.workflow_id": state.workflow_id,
+                                              "sagas.activity_id": info.activity_id, "sagas.attempt": info.attempt}):  # fmt: skip
+                    await self._publish(
+                        queue_name(self.prefix, state.namespace, info.task_queue, "act"), env.encode(amsg),
+                        tracing.inject({}) if tracing.trace_headers(info.headers) else None,
+                    )
                 METRICS.tasks_dispatched.labels(kind="activity").inc()
                 return self._published_ok(task)
             case TransferKind.START_CHILD:
@@ -241,6 +274,7 @@ class TransferQueueProcessor:
                 await self._external(state.namespace, state.workflow_id, state.run_id, task)
                 return True
             case TransferKind.CLOSE_EXECUTION:
+                self._sticky.pop(state.run_id, None)
                 await self._closed(state.namespace, state.workflow_id, state.run_id)
                 return True
         return True
@@ -251,12 +285,17 @@ class TransferQueueProcessor:
         self._published.add(task.task_id)
         return False
 
-    async def _publish(self, queue: str, body: bytes) -> None:
+    async def _publish(
+        self, queue: str, body: bytes, headers: dict[str, str] | None = None, *, sticky: str | None = None
+    ) -> None:
         try:
             if queue not in self._declared:  # a real broker may refuse a message for a queue nobody declared yet
                 await self.broker.declare_queue(queue)
                 self._declared.add(queue)
-            await self.broker.publish(queue, body)
+            if sticky is not None:
+                await self.broker.publish_sticky(sticky, queue, body, headers)
+            else:
+                await self.broker.publish(queue, body, headers)
         except BrokerError:
             METRICS.broker_errors.inc()
             raise
@@ -264,6 +303,14 @@ class TransferQueueProcessor:
     async def _read_event(self, ns: str, wid: str, rid: str, event_id: int) -> E.HistoryEvent:
         [event] = await self.history.store.read_events(ns, wid, rid, event_id, 1)
         return event
+
+    async def _on(self, op: HistoryOp) -> tuple[str, bool]:
+        """Run ``op`` here when this process owns its workflow's shard, else on the owner."""
+        if self.remote is None or self.history.owns(op.namespace, op.workflow_id):
+            result = await apply(self.history, op)
+        else:
+            result = await self.remote.call(self.history.shard_of(op.namespace, op.workflow_id), op)
+        return result.run_id, result.started
 
     async def _start_child(self, ns: str, wid: str, rid: str, initiated_id: int) -> None:
         ev = await self._read_event(ns, wid, rid, initiated_id)
@@ -288,7 +335,7 @@ class TransferQueueProcessor:
         )
         engine = self.history.engine
         try:
-            child_run_id, _ = await self.history.start(req)
+            child_run_id, _ = await self._on(start_op(req))
         except OrchestratorError as exc:
             if exc.code != "workflow_already_started":
                 raise
@@ -302,19 +349,14 @@ class TransferQueueProcessor:
         ok, cause = True, ""
         try:
             if isinstance(ev, E.SignalExternalWorkflowExecutionInitiated):
-                name, payloads = ev.signal_name, list(ev.input)
-                await self.history.update(
-                    ev.namespace,
-                    ev.workflow_id,
-                    ev.run_id,
-                    lambda s, now: engine.signal(s, name, payloads, now=now, request_id=f"ext:{rid}:{task.event_id}"),
-                )
+                await self._on(HistoryOp(
+                    op="signal", namespace=ev.namespace, workflow_id=ev.workflow_id, run_id=ev.run_id,
+                    signal_name=ev.signal_name, input=list(ev.input), request_id=f"ext:{rid}:{task.event_id}",
+                ))  # fmt: skip
             else:
                 assert isinstance(ev, E.RequestCancelExternalWorkflowExecutionInitiated)
-                reason = ev.reason
-                await self.history.update(
-                    ev.namespace, ev.workflow_id, ev.run_id, lambda s, now: engine.request_cancel(s, now=now, reason=reason)
-                )
+                await self._on(HistoryOp(op="request_cancel", namespace=ev.namespace, workflow_id=ev.workflow_id,
+                                         run_id=ev.run_id, reason=ev.reason))  # fmt: skip
         except (WorkflowNotFoundError, OrchestratorError) as exc:
             if exc.code not in ("workflow_not_found", "workflow_not_running"):
                 raise
@@ -324,22 +366,18 @@ class TransferQueueProcessor:
 
     async def _closed(self, ns: str, wid: str, rid: str) -> None:
         state = await self.history.get_state(ns, wid, rid)
-        engine = self.history.engine
         # Parent close policy: act on children still open.
         for child in list(state.children.values()):
             if not child.run_id or child.parent_close_policy == "Abandon":
                 continue
             try:
                 if child.parent_close_policy == "Terminate":
-                    await self.history.update(
-                        child.namespace, child.workflow_id, child.run_id,
-                        lambda s, now: engine.terminate(s, now=now, reason="parent closed (ParentClosePolicy.TERMINATE)"),
-                    )
+                    await self._on(HistoryOp(op="terminate", namespace=child.namespace, workflow_id=child.workflow_id,
+                                             run_id=child.run_id, reason="parent closed (ParentClosePolicy.TERMINATE)"))  # fmt: skip
                 else:
-                    await self.history.update(
-                        child.namespace, child.workflow_id, child.run_id,
-                        lambda s, now: engine.request_cancel(s, now=now, reason="parent closed"),
-                    )
+                    await self._on(HistoryOp(op="request_cancel", namespace=child.namespace,
+                                             workflow_id=child.workflow_id, run_id=child.run_id,
+                                             reason="parent closed"))  # fmt: skip
             except OrchestratorError as exc:
                 if exc.code not in ("workflow_not_found", "workflow_not_running"):
                     raise
@@ -350,10 +388,7 @@ class TransferQueueProcessor:
         close_event = (await self.history.store.read_events(ns, wid, rid, state.next_event_id - 1, 1))[0]
         parent, initiated = state.parent, state.parent_initiated_event_id
         try:
-            await self.history.update(
-                parent.namespace, parent.workflow_id, parent.run_id,
-                lambda s, now: engine.child_closed(s, initiated, close_event, now=now),
-            )
+            await self._on(child_closed_op(parent.namespace, parent.workflow_id, parent.run_id, initiated, close_event))
         except OrchestratorError as exc:
             if exc.code not in ("workflow_not_found", "workflow_not_running"):
                 raise
@@ -440,6 +475,8 @@ class CompletionHandler:
                     self.matching.answer_query(token.activity_id[len("query:") :], reply)
                     return False
                 case env.WorkflowTaskCompleted():
+                    # Before the write: its commit hands the next workflow task to matching.
+                    self.matching.set_sticky(ns, rid, reply.sticky_queue)
                     try:
                         cmds = C.parse_commands(reply.commands)
                     except ValueError as exc:
@@ -450,6 +487,7 @@ class CompletionHandler:
                         ns, wid, rid, lambda s, now: engine.complete_workflow_task(s, sid, attempt, cmds, now=now, identity=reply.identity)
                     )
                 case env.WorkflowTaskFailed():
+                    self.matching.set_sticky(ns, rid, "")
                     await self.history.update(
                         ns, wid, rid,
                         lambda s, now: engine.fail_workflow_task(s, sid, attempt, reply.failure, now=now, cause=reply.cause, identity=reply.identity),

@@ -90,6 +90,9 @@ class WorkflowTaskHandler:
         self._max_message_bytes = max_message_bytes
         self._cache: collections.OrderedDict[str, WorkflowInstance] = collections.OrderedDict()
         self._locks = _RunLocks()
+        self.sticky_queue = ""
+        """This worker's sticky queue (set by the Worker when the broker routes sticky tasks):
+        named in each completion of a run kept in the cache, so its next task comes here."""
 
     @property
     def cached_runs(self) -> list[str]:
@@ -134,7 +137,10 @@ class WorkflowTaskHandler:
             )
             return await self._fail(msg, exc)
         reply = WorkflowTaskCompleted(
-            task_token=msg.task_token, commands=dump_commands(commands), identity=self._identity
+            task_token=msg.task_token,
+            commands=dump_commands(commands),
+            identity=self._identity,
+            sticky_queue=self.sticky_queue if msg.run_id in self._cache else "",
         )
         outcome = await self._send(msg, reply)
         if outcome is not ACK:

@@ -502,6 +502,66 @@ async def test_many_messages_are_each_delivered_once(harness: Harness) -> None:
     await assert_empty(broker, queue, wait=harness.quiet_period)
 
 
+# sticky queues: a worker's own queue, which falls back to the normal one when the worker goes away
+
+STICKY_TIMEOUT = 1.5
+"""The sticky schedule-to-start timeout the tests use (seconds)."""
+
+
+async def _sticky(harness: Harness) -> tuple[Broker, Broker, str, str]:
+    """(publisher, worker, normal queue, the worker's sticky queue), declared."""
+    publisher, worker = await harness.open(), await harness.open()
+    normal = queue_name(harness.prefix, "default", "wfq", "wf")
+    sticky = f"{harness.prefix}.default.sticky.w{uuid.uuid4().hex[:8]}"
+    await publisher.declare_queue(normal)
+    await worker.declare_sticky_queue(sticky, fallback=normal, timeout=STICKY_TIMEOUT)
+    if worker.sticky_routing:
+        assert await worker.receive(sticky, max_messages=1, wait=0.0) == []  # the worker is there
+    return publisher, worker, normal, sticky
+
+
+async def test_sticky_queue_delivers_to_its_live_worker(harness: Harness) -> None:
+    publisher, worker, normal, sticky = await _sticky(harness)
+    message_id = await publisher.publish_sticky(sticky, normal, b'{"n":"live"}', {"key": "wf-1"})
+    if not worker.sticky_routing:  # no sticky routing: straight to the normal queue
+        [d] = await receive_n(publisher, normal, 1, timeout=harness.backend.redelivery_timeout)
+        assert (d.body, d.message_id) == (b'{"n":"live"}', message_id)
+        await publisher.ack(d)
+        return
+    [d] = await receive_n(worker, sticky, 1, timeout=5)
+    assert (d.body, d.headers, d.message_id) == (b'{"n":"live"}', {"key": "wf-1"}, message_id)
+    await worker.ack(d)
+    assert await publisher.receive(normal, max_messages=1, wait=0.2) == []
+
+
+@pytest.mark.parametrize("how", ["dies", "closes"])
+async def test_sticky_tasks_fall_back_to_the_normal_queue_when_the_worker_goes_away(harness: Harness, how: str) -> None:
+    """Nothing sent to a worker's sticky queue is lost when the worker goes away: what it
+    held unacked, what waited for it, and what is sent after it left reach the normal
+    queue within about the sticky timeout."""
+    publisher, worker, normal, sticky = await _sticky(harness)
+    await publisher.publish_sticky(sticky, normal, b"held")
+    if worker.sticky_routing:
+        [held] = await receive_n(worker, sticky, 1, timeout=5)  # received, never settled
+        assert held.body == b"held"
+    await publisher.publish_sticky(sticky, normal, b"waiting")
+    gone = time.monotonic()
+    if how == "dies":
+        await harness.crash(worker)  # in process or over HTTP: it simply stops receiving
+    else:
+        await worker.delete_sticky_queue(sticky)
+        await harness.disconnect(worker)
+    await publisher.publish_sticky(sticky, normal, b"after")
+
+    got = await receive_n(publisher, normal, 3, timeout=STICKY_TIMEOUT + harness.backend.redelivery_timeout)
+    elapsed = time.monotonic() - gone
+    assert sorted(d.body for d in got) == [b"after", b"held", b"waiting"]
+    if worker.sticky_routing:
+        assert elapsed < STICKY_TIMEOUT + 3.0, f"fell back after {elapsed:.1f}s"
+    await asyncio.gather(*(publisher.ack(d) for d in got))
+    await assert_empty(publisher, normal, wait=harness.quiet_period)
+
+
 # RabbitMQ --------------------------------------------------------------------------------------
 
 

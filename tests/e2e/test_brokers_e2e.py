@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from sagas.client import Client
 from sagas.exceptions import WorkflowFailureError
 from sagas.worker import Worker
 from services_demo.trip_booking.workflow import TripBooking
-from tests.e2e.test_demos import Services
+from tests.e2e.test_demos import Services, broker_url
 from tests.services import (  # noqa: F401  (session fixtures, requested by name)
     kafka_server,
     rabbitmq_server,
@@ -21,23 +20,9 @@ from tests.services import (  # noqa: F401  (session fixtures, requested by name
 )
 
 
-def _url(request: pytest.FixtureRequest, kind: str) -> str:
-    prefix = f"e2e{uuid.uuid4().hex[:6]}"
-    if kind == "rabbitmq":
-        return f"{request.getfixturevalue('rabbitmq_server').url}?prefix={prefix}&prefetch=16"
-    if kind == "kafka":
-        server = request.getfixturevalue("kafka_server")
-        return (
-            f"kafka://{server.bootstrap}?group={prefix}&prefix={prefix}"
-            "&session_timeout_ms=6000&heartbeat_interval_ms=100"
-        )
-    server = request.getfixturevalue("sqs_server")
-    return f"sqs://127.0.0.1:{server.port}?endpoint_url={server.endpoint_url}&region=us-east-1&prefix={prefix}&visibility_timeout=30"
-
-
 @pytest.fixture(params=["rabbitmq", "kafka", "sqs"])
 async def server(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[DevServer]:
-    srv = DevServer(store_url=f"sqlite:///{tmp_path / 'h.db'}", port=0, broker_url=_url(request, request.param))
+    srv = DevServer(store_url=f"sqlite:///{tmp_path / 'h.db'}", port=0, broker_url=broker_url(request, request.param))
     await srv.start()
     yield srv
     await srv.stop()

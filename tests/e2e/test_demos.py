@@ -1,4 +1,9 @@
-"""The demos end to end: dev server + plain-JSON services as real subprocesses + an SDK worker."""
+"""The demos end to end: dev server + plain-JSON services as real subprocesses + an SDK worker.
+
+The order/payment tests run on every broker (``server`` parametrised indirectly: the
+built-in one and the real RabbitMQ, Kafka (Tansu) and SQS (moto) of ``tests/services.py``);
+trip booking on the real brokers is ``test_brokers_e2e.py``.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +27,34 @@ from sagas.exceptions import ApplicationError, WorkflowFailureError
 from sagas.worker import Worker
 from services_demo.order_payment.workflow import OrderPayment
 from services_demo.trip_booking.workflow import TripBooking
+from tests.services import (  # noqa: F401  (session fixtures, requested by name)
+    kafka_server,
+    rabbitmq_server,
+    sqs_server,
+)
+
+ALL_BROKERS = ["local", "rabbitmq", "kafka", "sqs"]
+
+
+def broker_url(request: pytest.FixtureRequest, kind: str) -> str:
+    """The server's broker URL for ``kind`` (``local``: the built-in broker).
+
+    The servers' queues are ``sagas.*`` on every broker, so RabbitMQ's and SQS's dead-letter
+    prefix, part of each queue's arguments, is the same for every test (``e2e``). So are Kafka's
+    consumer groups: a test's services start after the offsets the previous test's services
+    committed, instead of re-reading its tasks from the start of the topic."""
+    if kind == "local":
+        return "local://"
+    if kind == "rabbitmq":
+        return f"{request.getfixturevalue('rabbitmq_server').url}?prefix=e2e&prefetch=16"
+    if kind == "kafka":
+        server = request.getfixturevalue("kafka_server")
+        return (
+            f"kafka://{server.bootstrap}?group=e2e&prefix=e2e"
+            "&session_timeout_ms=6000&heartbeat_interval_ms=100"
+        )
+    server = request.getfixturevalue("sqs_server")
+    return f"sqs://127.0.0.1:{server.port}?endpoint_url={server.endpoint_url}&region=us-east-1&prefix=e2e&visibility_timeout=30"
 
 
 class Services:
@@ -74,8 +107,9 @@ class Services:
 
 
 @pytest.fixture
-async def server(tmp_path: Path) -> AsyncIterator[DevServer]:
-    srv = DevServer(store_url=f"sqlite:///{tmp_path / 'history.db'}", port=0, visibility_timeout=2.0)
+async def server(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[DevServer]:
+    url = broker_url(request, getattr(request, "param", "local"))
+    srv = DevServer(store_url=f"sqlite:///{tmp_path / 'history.db'}", port=0, visibility_timeout=2.0, broker_url=url)
     await srv.start()
     yield srv
     await srv.stop()
@@ -90,7 +124,7 @@ async def trip_services(server: DevServer, tmp_path: Path) -> AsyncIterator[Serv
 
 @pytest.fixture
 async def order_services(server: DevServer, tmp_path: Path) -> AsyncIterator[Services]:
-    services = Services("services_demo.order_payment.services", f"local://127.0.0.1:{server.port}", tmp_path)
+    services = Services("services_demo.order_payment.services", server.orchestrator.worker_broker_url, tmp_path)
     for name in ("inventory", "payments", "shipping"):
         await services.start(name)
     yield services
@@ -171,6 +205,7 @@ async def _order(client: Client, wid: str, order: dict[str, Any]) -> Any:
     return await client.start_workflow(OrderPayment.run, order, id=wid, task_queue="orders")
 
 
+@pytest.mark.parametrize("server", ALL_BROKERS, indirect=True)
 async def test_order_approved_is_shipped(order_services: Services, client: Client) -> None:
     async with Worker(client, task_queue="orders", workflows=[OrderPayment]):
         handle = await _order(client, "order-approved", {"amount": 5000, "card": "4242", "approval_timeout_s": 60})
@@ -183,6 +218,7 @@ async def test_order_approved_is_shipped(order_services: Services, client: Clien
     assert order_services.ledger("payments") == {"order-approved": "booked"}
 
 
+@pytest.mark.parametrize("server", ALL_BROKERS, indirect=True)
 async def test_order_without_approval_in_time_is_refunded_and_released(order_services: Services, client: Client) -> None:
     async with Worker(client, task_queue="orders", workflows=[OrderPayment]):
         handle = await _order(client, "order-timeout", {"amount": 5000, "card": "4242", "approval_timeout_s": 1})
@@ -194,6 +230,7 @@ async def test_order_without_approval_in_time_is_refunded_and_released(order_ser
     assert order_services.ledger("shipping") == {}
 
 
+@pytest.mark.parametrize("server", ALL_BROKERS, indirect=True)
 async def test_declined_payment_releases_inventory(order_services: Services, client: Client) -> None:
     async with Worker(client, task_queue="orders", workflows=[OrderPayment]):
         handle = await _order(client, "order-declined", {"amount": 50, "card": "4000000000000000"})
