@@ -3,7 +3,7 @@
 Consumers (audit, analytics, ``sagas workflow replay --broker-log``) read the
 stream instead of polling the store. Enable it with
 ``OrchestratorConfig.history_stream_url`` (any broker URL: ``kafka://`` gives a
-topic keyed by workflow id, ``amqp://`` a durable queue, ``local://`` the
+topic keyed by workflow id, ``amqp://`` a RabbitMQ stream (``x-queue-type=stream``), ``local://`` the
 server's built-in broker, ``memory://`` a private in-process broker for tests)
 and optionally ``history_stream_namespaces`` (an allow-list; ``None`` = all)::
 
@@ -269,7 +269,9 @@ class HistoryStreamPublisher:
             assert self.url is not None
             self._broker = await open_broker(self.url)
         if not self._declared:
-            await self._broker.declare_queue(self.topic)
+            # RabbitMQ: a stream (a log read again from its start), not a queue that reading empties.
+            declare_stream = getattr(self._broker, "declare_stream", None)
+            await (declare_stream or self._broker.declare_queue)(self.topic)
             self._declared = True
         return self._broker
 

@@ -9,12 +9,14 @@
     sagas schedule ...                # schedules: create, describe, pause, trigger, backfill...
     sagas batch ...                   # signal / cancel / terminate every workflow a query matches
     sagas demo ...                    # run the demos
+    sagas admin rebuild ...           # refill an empty store from the history stream
 """
 
 from __future__ import annotations
 
 import typer
 
+from sagas.cli.admin import admin_app
 from sagas.cli.demo import demo_app
 from sagas.cli.replay import replay
 from sagas.cli.schedule import batch_app, schedule_app
@@ -32,6 +34,7 @@ app.add_typer(server_app, name="server")
 app.add_typer(demo_app, name="demo")
 app.add_typer(schedule_app, name="schedule")
 app.add_typer(batch_app, name="batch")
+app.add_typer(admin_app, name="admin")
 
 if __name__ == "__main__":
     app()

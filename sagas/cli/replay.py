@@ -129,12 +129,16 @@ def replay(
     window = (_parse_time(since, "--since"), _parse_time(until, "--until"))
     classes = load_workflow_classes(workflows or [], modules or [], app_dir)
 
+    refused: list[str] = []  # runs of the broker log whose events are not a coherent history
+
     async def histories() -> list[LabeledHistory]:
         if files:
             loaded = load_histories(files)
             return [h for h in loaded if h.history.workflow_id in workflow_ids] if workflow_ids else loaded
         if broker_log:
-            return await _from_broker_log(broker_log, topic, namespace, workflow_ids, *window, wait=wait, idle=idle)
+            return await _from_broker_log(
+                broker_log, topic, namespace, workflow_ids, *window, wait=wait, idle=idle, refused=refused
+            )
         return await _from_server(address, namespace or "default", api_key, workflow_ids or [], run_id)
 
     async def go() -> int:
@@ -143,7 +147,8 @@ def replay(
             _err.print("[red]Error:[/red] no history to replay.")
             return 1
         failures = await replay_histories(found, workflows=classes)
-        return _report(found, failures, ignore_unknown_types=ignore_unknown_types)
+        code = _report(found, failures, ignore_unknown_types=ignore_unknown_types)
+        return 1 if refused else code
 
     try:
         code = asyncio.run(go())
@@ -253,6 +258,7 @@ async def _from_broker_log(
     *,
     wait: float,
     idle: float,
+    refused: list[str] | None = None,
 ) -> list[LabeledHistory]:
     _err.print(f"Reading {escape(topic)} from {escape(_safe_url(url))} ...")
     bodies = await read_history_stream(url, topic, first_wait=wait, idle=idle)
@@ -270,6 +276,15 @@ async def _from_broker_log(
         )
     for key, why in found.incomplete.items():
         _err.print(f"[yellow]NOT REPLAYED[/yellow] {escape(key)}: {escape(why)}")
+    if found.out_of_order:
+        _err.print(
+            f"[yellow]{found.out_of_order} messages came after a higher event id of their run[/yellow] "
+            f"(put back in event-id order; first: {escape(found.out_of_order_example)})"
+        )
+    for key, why in found.invalid.items():
+        _err.print(f"[red]REFUSED[/red] {escape(key)}: {escape(why)}")
+        if refused is not None:
+            refused.append(key)
     return [LabeledHistory(f"{h.namespace}/{h.workflow_id} (run {h.run_id})", h) for h in found.histories]
 
 

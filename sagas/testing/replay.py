@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from orchestrator.api.history_check import check_history
 from sagas.converter import DataConverter
 from sagas.exceptions import ApplicationError, NondeterminismError
 from sagas.worker._replayer import Replayer, WorkflowHistory
@@ -73,7 +74,13 @@ HistorySource = str | Path | WorkflowHistory
 
 @dataclass(frozen=True)
 class LabeledHistory:
-    """A history and where it came from (a file path, a broker log, a server), for messages."""
+    """A history and where it came from (a file path, a broker log, a server), for messages.
+
+    Example::
+
+        for labeled in load_histories("tests/histories"):
+            print(labeled.label, labeled.history.workflow_id, len(labeled.history.events))
+    """
 
     label: str
     history: WorkflowHistory
@@ -81,7 +88,14 @@ class LabeledHistory:
 
 @dataclass(frozen=True)
 class ReplayFailure:
-    """One history that did not replay, and the error the replay raised."""
+    """One history that did not replay, and the error the replay raised.
+
+    Example::
+
+        failures = await replay_histories(load_histories("tests/histories"), workflows=[BookTrip])
+        for failure in failures:
+            print(failure.label, describe_replay_failure(failure.error))
+    """
 
     label: str
     history: WorkflowHistory
@@ -103,6 +117,11 @@ def load_histories(*sources: HistorySource | Iterable[HistorySource]) -> list[La
 
     Raises ``FileNotFoundError`` for a path that does not exist and
     ``ValueError`` naming the file for one that is not a history.
+
+    Example::
+
+        histories = load_histories("tests/histories", Path("extra/trip-9.json"))
+        print([h.label for h in histories])
     """
     out: list[LabeledHistory] = []
     for source in _flatten(sources):
@@ -138,6 +157,7 @@ def _read_history(path: Path) -> WorkflowHistory:
         ) from exc
     if not history.events:
         raise ValueError(f"{path} is a workflow history without events")
+    check_history(history.events, where=str(path))  # truncated, reordered, mixed runs: HistoryIntegrityError
     return history
 
 
@@ -151,7 +171,13 @@ async def replay_histories(
     workflows: Sequence[type],
     data_converter: DataConverter | None = None,
 ) -> list[ReplayFailure]:
-    """Replay every history against ``workflows``; the failures, in order (empty: all replayed)."""
+    """Replay every history against ``workflows``; the failures, in order (empty: all replayed).
+
+    Example::
+
+        failures = await replay_histories(load_histories("tests/histories"), workflows=[BookTrip])
+        assert not failures, [f.label for f in failures]
+    """
     replayer = Replayer(workflows=workflows, data_converter=data_converter)
     failures: list[ReplayFailure] = []
     for item in histories:
@@ -171,6 +197,11 @@ async def assert_replays(
     ``sources``: history files, folders of ``*.json`` files, or
     :class:`~sagas.worker.WorkflowHistory` objects. Returns how many replayed.
     Finding no history at all is a failure too (a wrong path must not pass).
+
+    Example (a pytest test)::
+
+        async def test_recorded_histories_replay() -> None:
+            assert await assert_replays("tests/histories", workflows=[BookTrip, RefundTrip]) > 0
     """
     histories = load_histories(*sources)
     if not histories:
@@ -193,6 +224,12 @@ def parametrize_histories(*sources: HistorySource, argname: str = "history") -> 
 
     The test receives a :class:`~sagas.worker.WorkflowHistory` as ``argname``.
     No history found is a collection error (never a silently empty test).
+
+    Example (a pytest test per history file)::
+
+        @parametrize_histories("tests/histories")
+        async def test_history_replays(history: WorkflowHistory) -> None:
+            await assert_replays(history, workflows=[BookTrip])
     """
     import pytest
 
@@ -214,7 +251,16 @@ def _test_id(label: str, roots: list[Path]) -> str:
 
 
 def describe_replay_failure(error: BaseException) -> list[str]:
-    """Lines that say why a replay failed: the divergence (event, both commands, source line) or the error."""
+    """Lines that say why a replay failed: the divergence (event, both commands, source line) or the error.
+
+    Example::
+
+        try:
+            await Replayer(workflows=[BookTrip]).replay_workflow(history)
+        except Exception as err:
+            for line in describe_replay_failure(err):
+                print(line)
+    """
     if isinstance(error, NondeterminismError) and (error.recorded or error.produced):
         lines = [f"nondeterminism at event {error.event_id}" if error.event_id else "nondeterminism"]
         if error.recorded:

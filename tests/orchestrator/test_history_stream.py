@@ -20,8 +20,9 @@ import pytest
 from prometheus_client import REGISTRY
 from typer.testing import CliRunner
 
-from brokers.base import BrokerError
+from brokers.base import BrokerError, open_broker
 from brokers.memory import MemoryBroker
+from brokers.rabbitmq import RabbitMQBroker
 from orchestrator.api.events import HistoryEvent, parse_event
 from orchestrator.api.history_stream import HistoryEventMessage, history_stream_name
 from orchestrator.history.stream import HistoryStreamPublisher
@@ -31,7 +32,7 @@ from sagas.client import Client
 from sagas.testing import WorkflowEnvironment
 from sagas.worker import Replayer, Worker, WorkflowHistory
 from sagas.worker._history_stream import histories_from_stream, read_history_stream
-from tests.services import kafka_server  # noqa: F401 - the session fixture
+from tests.services import kafka_server, rabbitmq_server  # noqa: F401 - the session fixtures
 
 T = timedelta(seconds=10)
 TOPIC = history_stream_name("sagas")
@@ -355,8 +356,8 @@ def test_submit_outside_the_allow_list_is_ignored() -> None:
 def body(event_id: int, *, workflow_id: str = "w", run_id: str = "r", namespace: str = "default", **kw: Any) -> bytes:
     if event_id == 1:
         e = event(1, "WorkflowExecutionStarted", workflow_type="X", task_queue="q", workflow_task_timeout=10.0, **kw)
-    else:
-        e = event(event_id, **kw)
+    else:  # an input event: valid after any event of an open run
+        e = event(event_id, "WorkflowExecutionSignaled", signal_name="s", **kw)
     return HistoryEventMessage.of(namespace, workflow_id, run_id, e).encode()
 
 
@@ -420,6 +421,43 @@ async def test_kafka_stream_rebuilds_fetch_history(kafka_server: Any) -> None:  
             app,
             ["workflow", "replay", "--broker-log", url, "-w", workflow_id, "--workflows", f"{__name__}:StreamedWorkflow",
              "--wait", "30"],
+        )
+        assert result.exit_code == 0, result.output
+        assert "2 replayed: 2 OK, 0 failed" in result.output
+
+
+# -- RabbitMQ: a stream queue (x-queue-type=stream), read from its first offset as often as wanted ------
+
+
+async def test_rabbitmq_stream_is_a_stream_read_again_and_replayed(rabbitmq_server: Any) -> None:  # noqa: F811
+    prefix = f"rs{uuid.uuid4().hex[:8]}"
+    topic = history_stream_name(prefix)
+    url = rabbitmq_server.url
+    async with await WorkflowEnvironment.start_local(history_stream_url=url, prefix=prefix, system_worker=False) as env:
+        workflow_id, expected = await drive(env.client, "tq-rabbit")
+        publisher = publisher_of(env)
+        assert await publisher.flush(10)
+    broker = await open_broker(url)
+    try:
+        assert isinstance(broker, RabbitMQBroker)
+        # The queue is a stream: declaring it as a plain queue is refused (its type is stream).
+        with pytest.raises(BrokerError, match="x-queue-type"):
+            await broker.declare_queue(topic)
+        first = await broker.read_stream(topic, first_wait=10, idle=0.5)
+        second = await broker.read_stream(topic, first_wait=10, idle=0.5)  # reading removed nothing
+    finally:
+        await broker.aclose()
+    assert [o for o, _ in first] == list(range(len(first)))  # stream offsets, from the first
+    assert first == second
+    found = histories_from_stream([b for _, b in first], workflow_ids={workflow_id})
+    assert found.incomplete == {} and found.invalid == {}
+    assert_same_runs(found.histories, expected)
+    for _ in range(2):  # the CLI reads the stream from its start each time
+        result = await asyncio.to_thread(
+            CliRunner().invoke,
+            app,
+            ["workflow", "replay", "--broker-log", url, "--topic", topic, "-w", workflow_id,
+             "--workflows", f"{__name__}:StreamedWorkflow", "--wait", "10", "--idle", "0.5"],
         )
         assert result.exit_code == 0, result.output
         assert "2 replayed: 2 OK, 0 failed" in result.output
