@@ -8,7 +8,8 @@ Users catch these, never a third-party library's exceptions. The hierarchy::
     │   ├── ApplicationError               raised by user code (type, details,
     │   │   │                              non_retryable, next_retry_delay)
     │   │   ├── PayloadSizeError           a payload is over the converter's limit
-    │   │   └── SagaCompensationError      one or more saga compensations failed
+    │   │   ├── SagaCompensationError      one or more saga compensations failed
+    │   │   └── SessionFailedError         a worker session failed (its worker died)
     │   ├── CancelledError                 the work was cancelled
     │   ├── TimeoutError                   a timeout fired (.type: TimeoutType)
     │   ├── TerminatedError                the workflow was terminated
@@ -67,6 +68,7 @@ __all__ = [
     "ScheduleAlreadyRunningError",
     "ScheduleNotFoundError",
     "ServerError",
+    "SessionFailedError",
     "TerminatedError",
     "TimeoutError",
     "WorkflowAlreadyStartedError",
@@ -81,7 +83,12 @@ __all__ = [
 
 
 class SagasError(Exception):
-    """Root of every error the sagas SDK raises."""
+    """Root of every error the sagas SDK raises.
+
+    >>> from sagas.exceptions import ApplicationError, RPCError, SagasError
+    >>> all(issubclass(t, SagasError) for t in (ApplicationError, RPCError))
+    True
+    """
 
     @property
     def message(self) -> str:
@@ -94,6 +101,14 @@ class FailureError(SagasError):
 
     ``failure`` is the wire form it was built from, when it came over the wire;
     ``cause`` is the error that caused it (``__cause__``).
+
+    Example (in a workflow)::
+
+        try:
+            await workflow.execute_activity(book_car, req, start_to_close_timeout=T)
+        except FailureError as err:        # ActivityError, whose cause is the activity's error
+            workflow.logger.warning("booking failed: %s (cause: %r)", err.message, err.cause)
+            raise
     """
 
     def __init__(self, message: str, *, failure: Failure | None = None) -> None:
@@ -172,6 +187,14 @@ class PayloadSizeError(ApplicationError):
 
     Non-retryable: the same value will be too large again. Keep large data
     outside the workflow (object storage, a database) and pass a reference.
+
+    >>> from sagas.converter import DataConverter
+    >>> from sagas.exceptions import PayloadSizeError
+    >>> try:
+    ...     DataConverter(max_payload_bytes=100).to_payload("x" * 1000)
+    ... except PayloadSizeError as err:
+    ...     print(err.non_retryable, err.limit)
+    True 100
     """
 
     def __init__(self, message: str, *, size: int = 0, limit: int = 0) -> None:
@@ -185,6 +208,15 @@ class SagaCompensationError(ApplicationError):
 
     ``errors`` holds every compensation failure in the order they happened;
     ``__cause__`` is the first one. ``details`` lists the failed steps' names.
+
+    Example (in a workflow)::
+
+        try:
+            async with Saga() as saga:
+                ...
+        except SagaCompensationError as err:
+            workflow.logger.error("undo failed for %s: %s", err.details, err.errors)
+            raise
     """
 
     def __init__(self, message: str, *, errors: Sequence[BaseException], names: Sequence[str] = ()) -> None:
@@ -192,8 +224,47 @@ class SagaCompensationError(ApplicationError):
         self.errors = list(errors)
 
 
+class SessionFailedError(ApplicationError):
+    """A worker session failed: its worker died or stopped, or the session timed out.
+
+    Raised inside a workflow (like ``ErrSessionFailed`` of Temporal's Go SDK)
+    by ``workflow.create_session`` when no worker could host the session, and
+    by the session's activities -- running or started later -- once the
+    session's worker stopped heartbeating. ``__cause__`` is the failure of the
+    session's creation activity (usually a heartbeat ``TimeoutError``). The
+    files the session's activities left on that worker are gone with it:
+    catch this error and redo the whole session on another worker.
+    ``session_id`` names the failed session.
+
+    Example (inside a workflow)::
+
+        for attempt in range(3):
+            try:
+                async with workflow.create_session(execution_timeout=timedelta(minutes=10)):
+                    path = await workflow.execute_activity(download, url, start_to_close_timeout=timedelta(minutes=5))
+                    return await workflow.execute_activity(process, path, start_to_close_timeout=timedelta(minutes=5))
+            except SessionFailedError:
+                workflow.logger.warning("session lost its worker; starting over")
+        raise ApplicationError("no worker kept a session alive", non_retryable=True)
+    """
+
+    def __init__(self, message: str, *, session_id: str = "", failure: Failure | None = None) -> None:
+        super().__init__(message, session_id, type="SessionFailedError", failure=failure)
+        self.session_id = session_id
+
+
 class CancelledError(FailureError):
-    """The work was cancelled (an activity, a child workflow, the workflow itself)."""
+    """The work was cancelled (an activity, a child workflow, the workflow itself).
+
+    Example (in a workflow)::
+
+        try:
+            await workflow.execute_activity(book_car, req, start_to_close_timeout=T)
+        except ActivityError as err:
+            if isinstance(err.cause, CancelledError):
+                return "cancelled"
+            raise
+    """
 
     def __init__(self, message: str = "Cancelled", *details: Any, failure: Failure | None = None) -> None:
         super().__init__(message, failure=failure)
@@ -206,7 +277,14 @@ class CancelledError(FailureError):
 
 
 class TimeoutError(FailureError):
-    """A timeout fired; ``type`` says which one (:class:`TimeoutType`)."""
+    """A timeout fired; ``type`` says which one (:class:`TimeoutType`).
+
+    >>> from orchestrator.api.enums import TimeoutType
+    >>> from sagas.exceptions import TimeoutError
+    >>> err = TimeoutError("activity timed out", type=TimeoutType.HEARTBEAT, last_heartbeat_details=[42])
+    >>> (err.type is TimeoutType.HEARTBEAT, err.last_heartbeat_details)
+    (True, (42,))
+    """
 
     def __init__(
         self,
@@ -232,7 +310,16 @@ class TimeoutError(FailureError):
 
 
 class TerminatedError(FailureError):
-    """The workflow was terminated."""
+    """The workflow was terminated.
+
+    Example::
+
+        try:
+            await client.get_workflow_handle("trip-1").result()
+        except WorkflowFailureError as err:
+            if isinstance(err.cause, TerminatedError):
+                print("terminated:", err.cause.message)
+    """
 
     def __init__(self, message: str = "Terminated", *details: Any, failure: Failure | None = None) -> None:
         super().__init__(message, failure=failure)
@@ -245,7 +332,17 @@ class TerminatedError(FailureError):
 
 
 class ServerError(FailureError):
-    """The orchestrator reported an error."""
+    """The orchestrator reported an error.
+
+    Example (in a workflow)::
+
+        try:
+            await workflow.execute_child_workflow(ChargeWorkflow.run, order, id=f"charge-{order.id}")
+        except ChildWorkflowError as err:
+            if isinstance(err.cause, ServerError):
+                workflow.logger.error("the orchestrator failed the child: %s", err.cause.message)
+            raise
+    """
 
     def __init__(self, message: str, *, non_retryable: bool = False, failure: Failure | None = None) -> None:
         super().__init__(message, failure=failure)
@@ -258,7 +355,17 @@ class ServerError(FailureError):
 
 
 class ActivityError(FailureError):
-    """An activity failed; ``cause`` is the real error (ApplicationError, TimeoutError, CancelledError)."""
+    """An activity failed; ``cause`` is the real error (ApplicationError, TimeoutError, CancelledError).
+
+    Example (in a workflow)::
+
+        try:
+            await workflow.execute_activity(book_car, req, start_to_close_timeout=T)
+        except ActivityError as err:
+            if isinstance(err.cause, ApplicationError) and err.cause.type == "NoCarAvailable":
+                return "no car"
+            raise
+    """
 
     def __init__(
         self,
@@ -278,7 +385,16 @@ class ActivityError(FailureError):
 
 
 class ChildWorkflowError(FailureError):
-    """A child workflow failed; ``cause`` is the real error."""
+    """A child workflow failed; ``cause`` is the real error.
+
+    Example (in a workflow)::
+
+        try:
+            receipt = await workflow.execute_child_workflow(ChargeWorkflow.run, order, id=f"charge-{order.id}")
+        except ChildWorkflowError as err:
+            workflow.logger.warning("child %s failed: %r", err.workflow_id, err.cause)
+            raise
+    """
 
     def __init__(
         self,
@@ -296,7 +412,16 @@ class ChildWorkflowError(FailureError):
 
 
 class WorkflowAlreadyStartedError(FailureError):
-    """A workflow run with this id already exists (and the reuse policy refused a new one)."""
+    """A workflow run with this id already exists (and the reuse policy refused a new one).
+
+    Example::
+
+        try:
+            await client.start_workflow(BookTrip.run, trip, id="trip-1", task_queue="trips",
+                                        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE)
+        except WorkflowAlreadyStartedError:
+            handle = client.get_workflow_handle("trip-1")
+    """
 
     def __init__(self, workflow_id: str, workflow_type: str, *, run_id: str | None = None) -> None:
         super().__init__(
@@ -326,6 +451,13 @@ class NondeterminismError(SagasError):
       ``ScheduleActivityTask(activity_id='1', activity_type='book_hotel')``;
     * ``source``: ``file:line in function`` of the workflow code that produced
       that command (or, when it produced none, where the workflow was waiting).
+
+    Example::
+
+        try:
+            await Replayer(workflows=[BookTrip]).replay_workflow(history)
+        except NondeterminismError as err:
+            print(f"event {err.event_id}: recorded {err.recorded}, produced {err.produced} at {err.source}")
     """
 
     def __init__(
@@ -345,7 +477,15 @@ class NondeterminismError(SagasError):
 
 
 class WorkflowFailureError(SagasError):
-    """The workflow closed as failed, cancelled, terminated or timed out; ``cause`` says how."""
+    """The workflow closed as failed, cancelled, terminated or timed out; ``cause`` says how.
+
+    Example::
+
+        try:
+            await client.execute_workflow(BookTrip.run, trip, id="trip-1", task_queue="trips")
+        except WorkflowFailureError as err:
+            print("trip failed:", err.cause)
+    """
 
     def __init__(self, *, cause: BaseException, message: str = "Workflow execution failed") -> None:
         super().__init__(message)
@@ -359,11 +499,27 @@ class WorkflowFailureError(SagasError):
 
 
 class WorkflowQueryFailedError(SagasError):
-    """A query handler raised, or the query named no handler."""
+    """A query handler raised, or the query named no handler.
+
+    Example::
+
+        try:
+            status = await handle.query("status")
+        except WorkflowQueryFailedError as err:
+            print("query failed:", err.message)
+    """
 
 
 class WorkflowUpdateFailedError(SagasError):
-    """An update was rejected by its validator or its handler failed; ``cause`` says why."""
+    """An update was rejected by its validator or its handler failed; ``cause`` says why.
+
+    Example::
+
+        try:
+            await handle.execute_update(OrderWorkflow.set_limit, -1)
+        except WorkflowUpdateFailedError as err:
+            print("rejected:", err.cause)     # e.g. the validator's ApplicationError
+    """
 
     def __init__(self, *, cause: BaseException, message: str = "Workflow update failed") -> None:
         super().__init__(message)
@@ -377,7 +533,15 @@ class WorkflowUpdateFailedError(SagasError):
 
 
 class RPCError(SagasError):
-    """The orchestrator refused a client call; ``code`` is its stable error code, ``status`` the HTTP status."""
+    """The orchestrator refused a client call; ``code`` is its stable error code, ``status`` the HTTP status.
+
+    Example::
+
+        try:
+            await client.get_workflow_handle("trip-1").cancel()
+        except RPCError as err:
+            print(err.code, err.status)       # e.g. "unavailable" 503 when no server answers
+    """
 
     def __init__(self, message: str, code: str = "internal", status: int = 500) -> None:
         super().__init__(message)
@@ -386,14 +550,30 @@ class RPCError(SagasError):
 
 
 class WorkflowNotFoundError(RPCError):
-    """No workflow run with that workflow id (and run id)."""
+    """No workflow run with that workflow id (and run id).
+
+    Example::
+
+        try:
+            await client.get_workflow_handle("no-such-trip").describe()
+        except WorkflowNotFoundError:
+            print("no such workflow")
+    """
 
     def __init__(self, message: str, code: str = "workflow_not_found", status: int = 404) -> None:
         super().__init__(message, code, status)
 
 
 class ScheduleNotFoundError(RPCError):
-    """No schedule with that id: it was never created, or it was deleted (``.schedule_id``)."""
+    """No schedule with that id: it was never created, or it was deleted (``.schedule_id``).
+
+    Example::
+
+        try:
+            await client.get_schedule_handle("nightly-report").describe()
+        except ScheduleNotFoundError as err:
+            print("missing schedule", err.schedule_id)
+    """
 
     def __init__(self, schedule_id: str) -> None:
         super().__init__(
@@ -406,7 +586,15 @@ class ScheduleNotFoundError(RPCError):
 
 
 class ScheduleAlreadyRunningError(SagasError):
-    """``create_schedule`` was given the id of a schedule that exists (``.schedule_id``)."""
+    """``create_schedule`` was given the id of a schedule that exists (``.schedule_id``).
+
+    Example::
+
+        try:
+            await client.create_schedule("nightly-report", schedule)
+        except ScheduleAlreadyRunningError:
+            await client.get_schedule_handle("nightly-report").update(lambda _: ScheduleUpdate(schedule))
+    """
 
     def __init__(self, schedule_id: str) -> None:
         super().__init__(
@@ -421,11 +609,28 @@ class InvalidScheduleError(SagasError, ValueError):
     an unknown time zone, a non-positive interval, a missing workflow id or task queue...
 
     The message names the field and the value, and says what is accepted.
+
+    Example::
+
+        try:
+            await client.create_schedule("report", Schedule(action=action, spec=ScheduleSpec(cron_expressions=["0 25 * * *"])))
+        except InvalidScheduleError as err:
+            print(err)                        # names the field, the value and what is accepted
     """
 
 
 def is_cancelled_error(err: BaseException) -> bool:
-    """True for a cancellation: asyncio's or ours, directly or as an activity/child's cause."""
+    """True for a cancellation: asyncio's or ours, directly or as an activity/child's cause.
+
+    >>> import asyncio
+    >>> from sagas.exceptions import ActivityError, CancelledError, is_cancelled_error
+    >>> is_cancelled_error(asyncio.CancelledError())
+    True
+    >>> err = ActivityError("activity failed")
+    >>> err.__cause__ = CancelledError()
+    >>> is_cancelled_error(err), is_cancelled_error(ValueError())
+    (True, False)
+    """
     if isinstance(err, asyncio.CancelledError | CancelledError):
         return True
     if isinstance(err, ActivityError | ChildWorkflowError):
@@ -451,6 +656,11 @@ def error_to_failure(err: BaseException) -> Failure:
 
     Exceptions that are not :class:`FailureError` become ``application``
     failures whose ``type`` is the exception's class name, as in temporalio.
+
+    >>> from sagas.exceptions import error_to_failure
+    >>> f = error_to_failure(KeyError("car"))
+    >>> (f.kind, f.type, f.message)
+    ('application', 'KeyError', "'car'")
     """
     cause = error_to_failure(err.__cause__) if err.__cause__ is not None else None
     stack = _stack(err)
@@ -548,6 +758,11 @@ def failure_to_error(failure: Failure) -> FailureError:
 
     ``kind`` selects the class; unknown kinds become :class:`ApplicationError`.
     The result's ``failure`` property is the given failure.
+
+    >>> from sagas.exceptions import ApplicationError, error_to_failure, failure_to_error
+    >>> err = failure_to_error(error_to_failure(ApplicationError("card declined", "c-42", non_retryable=True)))
+    >>> (err.message, err.details, err.non_retryable)
+    ('card declined', ('c-42',), True)
     """
     err: FailureError
     kind = failure.kind
@@ -584,6 +799,9 @@ def failure_to_error(failure: Failure) -> FailureError:
     elif failure.type == "PayloadSizeError":
         err = PayloadSizeError(failure.message)
         err._failure = failure
+    elif failure.type == "SessionFailedError":
+        session_id = failure.details[0] if failure.details and isinstance(failure.details[0], str) else ""
+        err = SessionFailedError(failure.message, session_id=session_id, failure=failure)
     else:
         err = ApplicationError(
             failure.message,

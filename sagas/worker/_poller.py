@@ -32,6 +32,8 @@ class Settle:
 
 ACK = Settle()
 REQUEUE = Settle(requeue=True, reason="worker could not finish the task")
+SETTLED = Settle(reason="settled by the handler")
+"""The handler acked the delivery itself (early); the poller must not settle it again."""
 
 
 def dead_letter(reason: str) -> Settle:
@@ -129,6 +131,8 @@ class QueuePoller:
             self._slots.release()
 
     async def _settle(self, delivery: Delivery, outcome: Settle) -> None:
+        if outcome is SETTLED:
+            return
         try:
             if outcome.requeue is None:
                 await self._broker.ack(delivery)

@@ -30,7 +30,7 @@ not do I/O or read the clock directly (use :func:`now`, :func:`random`,
 """
 
 from orchestrator.api.enums import ActivityCancellationType, ParentClosePolicy
-from sagas.exceptions import NondeterminismError
+from sagas.exceptions import NondeterminismError, SessionFailedError
 from sagas.workflow._api import (
     continue_as_new,
     deprecate_patch,
@@ -70,6 +70,15 @@ from sagas.workflow._instance import (
     Info,
     ParentInfo,
 )
+from sagas.workflow._session import (
+    SessionInfo,
+    SessionOptions,
+    SessionState,
+    complete_session,
+    create_session,
+    get_session_info,
+    session,
+)
 
 __all__ = [
     "ActivityCancellationType",
@@ -81,8 +90,14 @@ __all__ = [
     "NondeterminismError",
     "ParentClosePolicy",
     "ParentInfo",
+    "SessionFailedError",
+    "SessionInfo",
+    "SessionOptions",
+    "SessionState",
     "UpdateMethod",
+    "complete_session",
     "continue_as_new",
+    "create_session",
     "defn",
     "deprecate_patch",
     "execute_activity",
@@ -90,6 +105,7 @@ __all__ = [
     "execute_child_workflow",
     "execute_local_activity",
     "get_external_workflow_handle",
+    "get_session_info",
     "in_workflow",
     "info",
     "init",
@@ -101,6 +117,7 @@ __all__ = [
     "query",
     "random",
     "run",
+    "session",
     "set_dynamic_signal_handler",
     "set_query_handler",
     "set_signal_handler",

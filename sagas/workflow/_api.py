@@ -26,53 +26,91 @@ from sagas.workflow._instance import (
     current,
     current_or_none,
 )
+from sagas.workflow._session import session_for_activity
 
 
 def in_workflow() -> bool:
-    """True when called from workflow code."""
+    """True when called from workflow code.
+
+    Example::
+
+        def log(msg: str) -> None:   # shared by workflow and non-workflow code
+            (workflow.logger if workflow.in_workflow() else logging.getLogger(__name__)).info(msg)
+    """
     return current_or_none() is not None
 
 
 def info() -> Info:
     """Information about the running workflow (ids, type, task queue, attempt, start time, ...).
 
-    >>> # inside a workflow:
-    >>> # workflow.info().workflow_id
+    Example (inside a workflow)::
+
+        workflow.logger.info("run %s of %s", workflow.info().run_id, workflow.info().workflow_id)
     """
     return current().info
 
 
 def instance() -> Any:
-    """The running workflow's object (the instance of the ``@workflow.defn`` class)."""
+    """The running workflow's object (the instance of the ``@workflow.defn`` class).
+
+    Example (inside a workflow)::
+
+        wf: BookTrip = workflow.instance()
+        workflow.logger.info("approved: %s", wf.approved)
+    """
     return current().workflow_object
 
 
 def memo() -> Mapping[str, Any]:
-    """The workflow's memo, as given at start."""
+    """The workflow's memo, as given at start.
+
+    Example (inside a workflow)::
+
+        region = workflow.memo().get("region", "eu")
+    """
     return current().info.memo
 
 
 def now() -> datetime:
-    """Workflow time as an aware UTC ``datetime``; deterministic on replay (use it, not ``datetime.now``)."""
+    """Workflow time as an aware UTC ``datetime``; deterministic on replay (use it, not ``datetime.now``).
+
+    Example (inside a workflow)::
+
+        deadline = workflow.now() + timedelta(days=2)
+    """
     return current().now()
 
 
 def time() -> float:
-    """Workflow time in seconds since the epoch; deterministic on replay."""
+    """Workflow time in seconds since the epoch; deterministic on replay.
+
+    Example (inside a workflow)::
+
+        started = workflow.time()
+        await workflow.sleep(60)
+        elapsed = workflow.time() - started   # 60.0, also on replay
+    """
     return current().time()
 
 
 def random() -> Random:
     """A ``random.Random`` seeded from the run id: the same numbers on every replay.
 
-    >>> # inside a workflow:
-    >>> # workflow.random().randint(1, 6)
+    Example (inside a workflow)::
+
+        dice = workflow.random().randint(1, 6)
     """
     return current().random()
 
 
 def uuid4() -> UUID:
-    """A random UUID drawn from :func:`random` (deterministic on replay)."""
+    """A random UUID drawn from :func:`random` (deterministic on replay).
+
+    Example (inside a workflow)::
+
+        idempotency_key = str(workflow.uuid4())
+        await workflow.execute_activity(charge_card, order, idempotency_key, start_to_close_timeout=T)
+    """
     return current().uuid4()
 
 
@@ -83,8 +121,9 @@ def _td(value: timedelta | float) -> float:
 async def sleep(duration: timedelta | float) -> None:
     """Sleep durably (a server-side timer that survives restarts). ``asyncio.sleep`` works too.
 
-    >>> # inside a workflow:
-    >>> # await workflow.sleep(timedelta(days=1))
+    Example (inside a workflow)::
+
+        await workflow.sleep(timedelta(days=1))   # survives worker restarts
     """
     await asyncio.sleep(_td(duration))
 
@@ -94,8 +133,9 @@ async def wait_condition(fn: Callable[[], bool], timeout: timedelta | float | No
 
     With ``timeout``, raises ``asyncio.TimeoutError`` when it expires (a durable timer).
 
-    >>> # inside a workflow:
-    >>> # await workflow.wait_condition(lambda: self.approved, timeout=timedelta(hours=1))
+    Example (inside a workflow)::
+
+        await workflow.wait_condition(lambda: self.approved, timeout=timedelta(hours=1))
     """
     await current().wait_condition(fn, _td(timeout) if timeout is not None else None)
 
@@ -130,11 +170,20 @@ def start_activity(
     once, ``WAIT_CANCELLATION_COMPLETED`` waits for the activity to
     acknowledge, ``ABANDON`` raises at once without telling the activity.
 
-    >>> # inside a workflow:
-    >>> # handle = workflow.start_activity(book_car, req, start_to_close_timeout=timedelta(seconds=30))
-    >>> # car = await handle
+    Inside ``async with workflow.create_session(...)`` (and with
+    ``task_queue=session.task_queue``) the activity runs on the session's
+    worker; see :func:`~sagas.workflow.create_session`.
+
+    Example (inside a workflow)::
+
+        handle = workflow.start_activity(book_car, req, start_to_close_timeout=timedelta(seconds=30))
+        car = await handle
     """
-    return current().start_activity(
+    instance = current()
+    in_session = session_for_activity(task_queue)
+    if in_session is not None:  # inside `async with workflow.create_session()`, or its task queue given
+        task_queue = in_session._queue_for_activity()
+    handle = instance.start_activity(
         activity,
         _resolve_args(arg_list, arg, args),
         task_queue=task_queue,
@@ -148,6 +197,9 @@ def start_activity(
         result_type=result_type,
         headers=headers,
     )
+    if in_session is not None:
+        in_session._track(handle)
+    return handle
 
 
 async def execute_activity(
@@ -168,8 +220,12 @@ async def execute_activity(
 ) -> Any:
     """Run an activity and return its result (see :func:`start_activity`).
 
-    >>> # inside a workflow:
-    >>> # car = await workflow.execute_activity(book_car, req, start_to_close_timeout=timedelta(seconds=30))
+    Example (inside a workflow)::
+
+        car = await workflow.execute_activity(
+            book_car, req, start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=RetryPolicy(maximum_attempts=3),
+        )
     """
     return await start_activity(
         activity,
@@ -216,6 +272,11 @@ def start_local_activity(
     each attempt bounded by ``start_to_close_timeout`` and all of them by
     ``schedule_to_close_timeout``. On replay the recorded outcome is used and
     the function is not called.
+
+    Example (inside a workflow)::
+
+        handle = workflow.start_local_activity(get_rate, "EUR", start_to_close_timeout=timedelta(seconds=5))
+        rate = await handle
     """
     return current().start_local_activity(
         activity,
@@ -243,8 +304,9 @@ async def execute_local_activity(
 ) -> Any:
     """Run a local activity and return its result (see :func:`start_local_activity`).
 
-    >>> # inside a workflow:
-    >>> # rate = await workflow.execute_local_activity(get_rate, "EUR", start_to_close_timeout=timedelta(seconds=5))
+    Example (inside a workflow)::
+
+        rate = await workflow.execute_local_activity(get_rate, "EUR", start_to_close_timeout=timedelta(seconds=5))
     """
     return await start_local_activity(
         activity,
@@ -284,10 +346,11 @@ async def start_child_workflow(
     name. ``id`` defaults to a deterministic UUID. Raises
     :class:`~sagas.exceptions.WorkflowAlreadyStartedError` if the id is taken.
 
-    >>> # inside a workflow:
-    >>> # child = await workflow.start_child_workflow(ChargeWorkflow, order, id=f"charge-{order.id}")
-    >>> # await child.signal(ChargeWorkflow.approve)
-    >>> # receipt = await child
+    Example (inside a workflow)::
+
+        child = await workflow.start_child_workflow(ChargeWorkflow.run, order, id=f"charge-{order.id}")
+        await child.signal(ChargeWorkflow.approve)
+        receipt = await child
     """
     return await current().start_child_workflow(
         workflow,
@@ -325,7 +388,14 @@ async def execute_child_workflow(
     search_attributes: Mapping[str, Any] | None = None,
     result_type: Any = None,
 ) -> Any:
-    """Run a child workflow and return its result; failures raise :class:`~sagas.exceptions.ChildWorkflowError`."""
+    """Run a child workflow and return its result; failures raise :class:`~sagas.exceptions.ChildWorkflowError`.
+
+    Example (inside a workflow)::
+
+        receipt = await workflow.execute_child_workflow(
+            ChargeWorkflow.run, order, id=f"charge-{order.id}", execution_timeout=timedelta(hours=1)
+        )
+    """
     handle = await start_child_workflow(
         workflow,
         *arg_list,
@@ -350,8 +420,9 @@ async def execute_child_workflow(
 def get_external_workflow_handle(workflow_id: str, run_id: str | None = None) -> ExternalWorkflowHandle:
     """A handle to signal or cancel another workflow.
 
-    >>> # inside a workflow:
-    >>> # await workflow.get_external_workflow_handle("order-7").signal("paid", receipt)
+    Example (inside a workflow)::
+
+        await workflow.get_external_workflow_handle("order-7").signal("paid", receipt)
     """
     return ExternalWorkflowHandle(current(), workflow_id, run_id)
 
@@ -362,17 +433,25 @@ def patched(patch_id: str) -> bool:
     Live, returns True and records a marker; on replay, True only if the
     history recorded that marker here (the run took the new path before).
 
-    >>> # inside a workflow:
-    >>> # if workflow.patched("use-new-car-api"):
-    >>> #     await workflow.execute_activity(book_car_v2, ...)
-    >>> # else:
-    >>> #     await workflow.execute_activity(book_car, ...)
+    Example (inside a workflow)::
+
+        if workflow.patched("use-new-car-api"):
+            await workflow.execute_activity(book_car_v2, req, start_to_close_timeout=T)
+        else:
+            await workflow.execute_activity(book_car, req, start_to_close_timeout=T)
     """
     return current().patched(patch_id, deprecated=False)
 
 
 def deprecate_patch(patch_id: str) -> None:
-    """Mark a patch as deprecated once no running workflow can take the old path (records nothing)."""
+    """Mark a patch as deprecated once no running workflow can take the old path (records nothing).
+
+    Example (inside a workflow)::
+
+        # once no run from before "use-new-car-api" is still open:
+        workflow.deprecate_patch("use-new-car-api")
+        await workflow.execute_activity(book_car_v2, req, start_to_close_timeout=T)
+    """
     current().patched(patch_id, deprecated=True)
 
 
@@ -391,9 +470,10 @@ def continue_as_new(
 
     Raises :class:`ContinueAsNewError`; do not catch it.
 
-    >>> # inside a workflow:
-    >>> # if processed > 1000:
-    >>> #     workflow.continue_as_new(cursor)
+    Example (inside a workflow)::
+
+        if processed > 1000:
+            workflow.continue_as_new(cursor)
     """
     current().continue_as_new(
         _resolve_args(arg_list, arg, args),
@@ -409,30 +489,61 @@ def continue_as_new(
 def upsert_search_attributes(attributes: Mapping[str, Any] | Sequence[SearchAttributeUpdate]) -> None:
     """Set (or, with value ``None``, remove) search attributes of this run.
 
-    >>> # inside a workflow:
-    >>> # workflow.upsert_search_attributes({"CustomerId": "c-42"})
-    >>> # workflow.upsert_search_attributes([CUSTOMER.value_set("c-42")])
+    Example (inside a workflow)::
+
+        workflow.upsert_search_attributes({"CustomerId": "c-42"})
+        workflow.upsert_search_attributes([CUSTOMER.value_set("c-42")])
     """
     current().upsert_search_attributes(attributes)
 
 
 def set_signal_handler(name: str, handler: Callable[..., Any] | None) -> None:
-    """Set or remove a signal handler at run time; buffered signals of that name are delivered now."""
+    """Set or remove a signal handler at run time; buffered signals of that name are delivered now.
+
+    Example (inside a workflow)::
+
+        def on_discount(percent: int) -> None:
+            self.discount = percent
+
+        workflow.set_signal_handler("discount", on_discount)
+    """
     current().set_signal_handler(name, handler)
 
 
 def set_dynamic_signal_handler(handler: Callable[..., Any] | None) -> None:
-    """Set or remove the handler for signals without a handler; it gets ``(name, args)``."""
+    """Set or remove the handler for signals without a handler; it gets ``(name, args)``.
+
+    Example (inside a workflow)::
+
+        def on_any(name: str, args: Sequence[Any]) -> None:
+            self.events.append((name, list(args)))
+
+        workflow.set_dynamic_signal_handler(on_any)
+    """
     current().set_signal_handler(None, handler)
 
 
 def set_query_handler(name: str, handler: Callable[..., Any] | None) -> None:
-    """Set or remove a query handler at run time."""
+    """Set or remove a query handler at run time.
+
+    Example (inside a workflow)::
+
+        workflow.set_query_handler("progress", lambda: f"{self.done}/{self.total}")
+    """
     current().set_query_handler(name, handler)
 
 
 class unsafe:  # noqa: N801 - a namespace, named like temporalio's
-    """Escape hatches; use with care."""
+    """Escape hatches; use with care.
+
+    Example (inside a workflow)::
+
+        if not workflow.unsafe.is_replaying():
+            metrics.increment("trips.started")   # a side effect only on the first execution
+
+        with workflow.unsafe.imports_passed_through():   # accepted for temporalio code
+            import pricing
+    """
 
     @staticmethod
     def is_replaying() -> bool:
@@ -478,4 +589,9 @@ class _ReplaySafeLoggerAdapter(logging.LoggerAdapter):  # type: ignore[type-arg]
 
 
 logger = _ReplaySafeLoggerAdapter(logging.getLogger("sagas.workflow"), {})
-"""A logger for workflow code: silent while replaying, so each message is logged once."""
+"""A logger for workflow code: silent while replaying, so each message is logged once.
+
+Example (inside a workflow)::
+
+    workflow.logger.info("booking %s for %s", req.car, workflow.info().workflow_id)
+"""
