@@ -27,6 +27,8 @@ update_rejected             400    the update validator rejected it
 unsupported_event_version   500    stored history written by a newer server
 unavailable                 503    the store or broker is unreachable
 rate_limited                429    too many requests for this namespace
+workflow_not_archived       404    no archived history of that run (archival)
+archival_not_enabled        400    the namespace has no history archival URI
 internal                    500    a bug: please report it
 =========================== ====== ==========================================
 """
@@ -146,6 +148,26 @@ class ShardNotOwnedError(UnavailableError):
         self.shard = shard
 
 
+class WorkflowNotArchivedError(OrchestratorError):
+    """No archived history of that run in the namespace's archive (``orchestrator.archival``)."""
+
+    code, http_status = "workflow_not_archived", 404
+    default_hint = (
+        "A run is archived when its namespace's retention ends; until then read it with "
+        "`sagas workflow show` (without --archived). Check the workflow id, run id and namespace."
+    )
+
+
+class ArchivalNotEnabledError(OrchestratorError):
+    """The namespace has no ``history_archival_uri``: nothing of it is archived."""
+
+    code, http_status = "archival_not_enabled", 400
+    default_hint = (
+        "Set the namespace's history_archival_uri (PATCH /api/v1/namespaces/{ns}); runs closed "
+        "afterwards are archived when their retention ends."
+    )
+
+
 class ConfigurationError(OrchestratorError):
     """The server's configuration is unsafe or inconsistent; raised at startup, never to API callers."""
 
@@ -185,5 +207,7 @@ ERRORS_BY_CODE: dict[str, type[OrchestratorError]] = {
         UnavailableError,
         ConfigurationError,
         RateLimitedError,
+        WorkflowNotArchivedError,
+        ArchivalNotEnabledError,
     )
 }

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from orchestrator.api.http import (
@@ -46,7 +46,11 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 """Namespace names: no dots, because queue names are ``{prefix}.{namespace}.{task_queue}.{kind}``
 and authorization reads the namespace back out of a queue name."""
 
-_DATA_FIELDS = ("rate_limit_rps", "rate_limit_burst", "max_payload_bytes", "max_history_events", "history_warn_events")
+_DATA_FIELDS = (
+    "rate_limit_rps", "rate_limit_burst", "max_payload_bytes", "max_history_events", "history_warn_events",
+    "history_archival_uri", "visibility_archival_uri",
+)
+_ARCHIVAL_FIELDS = ("history_archival_uri", "visibility_archival_uri")
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,8 @@ class NamespaceRegistry:
         self._clock = clock
         self._records: dict[str, NamespaceRecord] = {}
         self._loaded_at = -math.inf
+        self.check_archival_uri: Callable[[str], Awaitable[None]] = _check_archival_uri
+        """Refuses an archival URI that is malformed (the server also checks the archive is reachable)."""
 
     # reading ---------------------------------------------------------------------------
     async def load(self) -> None:
@@ -139,6 +145,11 @@ class NamespaceRegistry:
         info = self.get(name)
         return info.rate_limit_rps, info.rate_limit_burst
 
+    def archival_uris(self, name: str) -> tuple[str | None, str | None]:
+        """(history, visibility) archival URIs of ``name``; None where archival is off."""
+        info = self.get(name)
+        return info.history_archival_uri, info.visibility_archival_uri
+
     # writing ---------------------------------------------------------------------------
     async def register(self, req: RegisterNamespaceRequest) -> NamespaceInfo:
         check_namespace_name(req.name)
@@ -147,6 +158,7 @@ class NamespaceRegistry:
         record = NamespaceRecord(name=req.name, retention_days=self.defaults.retention_days)
         _apply(record, req)
         self._check(record)
+        await self._check_archival(req)
         await self._write(record)
         return self.get(req.name)
 
@@ -158,8 +170,18 @@ class NamespaceRegistry:
             record = NamespaceRecord(name=name, retention_days=self.defaults.retention_days)
         _apply(record, req)
         self._check(record)
+        await self._check_archival(req)
         await self._write(record)
         return self.get(name)
+
+    async def _check_archival(self, req: NamespaceLimits) -> None:
+        for field in _ARCHIVAL_FIELDS:
+            uri = getattr(req, field)
+            if uri:
+                try:
+                    await self.check_archival_uri(uri)
+                except InvalidArgumentError as exc:
+                    raise InvalidArgumentError(f"{field}: {exc.message}", hint=exc.hint) from exc
 
     async def _read(self, name: str) -> NamespaceRecord | None:
         try:
@@ -213,7 +235,15 @@ class NamespaceRegistry:
             max_payload_bytes=data.get("max_payload_bytes", d.max_payload_bytes),
             max_history_events=hard,
             history_warn_events=warn,
+            history_archival_uri=data.get("history_archival_uri") or None,
+            visibility_archival_uri=data.get("visibility_archival_uri") or None,
         )
+
+
+async def _check_archival_uri(uri: str) -> None:
+    from orchestrator.archival import open_archiver
+
+    open_archiver(uri)  # the syntax only: InvalidArgumentError for an unknown scheme or a bad URI
 
 
 def _apply(record: NamespaceRecord, req: NamespaceLimits) -> None:

@@ -103,6 +103,7 @@ class StartRequest:
     last_completion_result: Any = None
     continued_failure: Failure | None = None
     run_id: str = ""
+    headers: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -382,6 +383,13 @@ class HistoryEngine:
     def _builder(self, state: ExecutionState, now: float) -> _Builder:
         return _Builder(state, now, self._shard_of(state.namespace, state.workflow_id))
 
+    def rearm_delete_history(self, state: ExecutionState, timer: TimerTask, *, now: float, fire_time: float) -> Mutation:
+        """A new ``delete_history`` timer at ``fire_time`` (attempt + 1): archiving the closed run failed,
+        so it is kept and tried again then. No event; the old row is deleted once this is written."""
+        b = self._builder(state, now)
+        b.timer_task(TimerKind.DELETE_HISTORY, fire_time, attempt=timer.attempt + 1)
+        return b.mutation()
+
     # start ----------------------------------------------------------------------------
     def start(self, req: StartRequest, *, now: float) -> Mutation:
         """A new run: ``WorkflowExecutionStarted`` (+ signal) + first workflow task."""
@@ -440,6 +448,7 @@ class HistoryEngine:
             original_execution_run_id=run_id,
             memo=req.memo,
             search_attributes=req.search_attributes,
+            headers=req.headers,
             request_id=req.request_id,
             identity=req.identity,
             last_completion_result=req.last_completion_result,

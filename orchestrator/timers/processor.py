@@ -9,6 +9,10 @@ the processor simply starts from the store again, so nothing is lost.
 
 Time skipping (tests): when ``idle()`` says no task is in flight anywhere, the
 clock jumps to the next fire time instead of sleeping.
+
+``delete_history`` (retention) archives the closed run first when its namespace has archival
+(``self.archival``, ``orchestrator.archival``); when archiving fails, the run is kept and a new
+``delete_history`` row is written for later (doubling back-off), so nothing is deleted unarchived.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from orchestrator.api.tasks import TimerKind, TimerTask
 from orchestrator.errors import OrchestratorError, WorkflowNotFoundError
@@ -23,6 +28,9 @@ from orchestrator.history.engine import Mutation
 from orchestrator.history.service import HistoryService, SystemClock
 from orchestrator.history.state import ExecutionState
 from orchestrator.metrics import METRICS
+
+if TYPE_CHECKING:
+    from orchestrator.archival import ArchivalService
 
 log = logging.getLogger("sagas.timers")
 
@@ -48,6 +56,8 @@ class TimerQueueProcessor:
         self._task: asyncio.Task[None] | None = None
         self._next_hint: float | None = None
         self.fired = 0
+        self.archival: ArchivalService | None = None
+        """Archives closed runs before retention deletes them (None: no archival)."""
 
     @property
     def time_skipping(self) -> bool:
@@ -166,10 +176,34 @@ class TimerQueueProcessor:
             case TimerKind.WORKFLOW_BACKOFF:
                 op = lambda s, now: engine.workflow_backoff_fired(s, timer, now=now)  # noqa: E731
             case TimerKind.DELETE_HISTORY:
-                state = await self.history.get_state(timer.namespace, timer.workflow_id, timer.run_id)
-                if not state.is_open:
-                    await self.history.store.delete_execution(timer.namespace, timer.workflow_id, timer.run_id)
+                await self._delete_history(timer)
                 return
             case _:
                 return
         await self.history.update(timer.namespace, timer.workflow_id, timer.run_id, op)
+
+    async def _delete_history(self, timer: TimerTask) -> None:
+        """Retention: archive the closed run (when its namespace archives), then delete it."""
+        ns, wid, rid = timer.namespace, timer.workflow_id, timer.run_id
+        state = await self.history.get_state(ns, wid, rid)
+        if state.is_open:
+            return
+        archival = self.archival
+        if archival is not None and archival.enabled(ns):
+            try:
+                events = await self.history.store.read_events(ns, wid, rid)
+                await archival.archive(state, events)
+            except Exception as exc:  # noqa: BLE001 - the archive is down or refuses: keep the run, retry later
+                delay = archival.retry_delay(timer.attempt)
+                log.warning(
+                    "archiving %s/%s run %s failed (attempt %d), not deleting it; next try in %.0f s: %s",
+                    ns, wid, rid, timer.attempt, delay, exc,
+                )
+                engine = self.history.engine
+                await self.history.update(
+                    ns, wid, rid,
+                    lambda s, now: engine.rearm_delete_history(s, timer, now=now, fire_time=now + delay),
+                )
+                return
+        await self.history.store.delete_execution(ns, wid, rid)
+        self.history.forget(ns, wid, rid)

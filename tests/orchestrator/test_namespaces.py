@@ -50,6 +50,7 @@ async def test_register_describe_update_list(http: httpx.AsyncClient) -> None:
     assert info == {
         "name": "payments", "description": "money", "retention_days": 30.0, "rate_limit_rps": 50.0,
         "rate_limit_burst": 50, "max_payload_bytes": 4096, "max_history_events": 1000, "history_warn_events": 500,
+        "history_archival_uri": None, "visibility_archival_uri": None,
     }
     assert (await http.get("/namespaces/payments")).json() == info
     r = await http.patch("/namespaces/payments", json={"retention_days": 7, "rate_limit_rps": 0})
