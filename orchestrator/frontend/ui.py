@@ -364,19 +364,32 @@ def _summary(ns: str, s: ExecutionState) -> str:
     )
 
 
+_RESET_FORM = """
+  <form id="reset-form" class="inline" title="Start a new run from a workflow task of this run (after a fix)">
+    <input name="event_id" inputmode="numeric" pattern="[0-9]*" style="width:19em"
+           title="Any event of a started workflow task, e.g. a WorkflowTaskCompleted id; empty: the last one"
+           placeholder="reset to event id (blank: last task)">
+    <input name="reason" placeholder="reset reason">
+    <button type="submit" class="danger">Reset</button>
+  </form>"""
+
+
 def _actions(ns: str, s: ExecutionState) -> str:
     if not s.is_open:
-        return ""
-    return """
+        return f"""
+<section class="actions" id="actions">{_RESET_FORM}
+  <span id="action-result" role="status"></span>
+</section>"""
+    return f"""
 <section class="actions" id="actions">
   <form id="signal-form" class="inline">
     <input name="name" placeholder="signal name" required>
-    <input name="input" class="wide" placeholder='input: one JSON value, e.g. {"approved": true} (empty: no argument)'>
+    <input name="input" class="wide" placeholder='input: one JSON value, e.g. {{"approved": true}} (empty: no argument)'>
     <button type="submit">Signal</button>
   </form>
   <button id="cancel-button" class="danger">Cancel</button>
   <input id="terminate-reason" placeholder="terminate reason">
-  <button id="terminate-button" class="danger">Terminate</button>
+  <button id="terminate-button" class="danger">Terminate</button>{_RESET_FORM}
   <span id="action-result" role="status"></span>
 </section>"""
 
@@ -900,7 +913,7 @@ _JS = """
   if (!d.wid) return;
   const out = document.getElementById('action-result');
   const base = '/api/v1/namespaces/' + encodeURIComponent(d.ns) + '/workflows/' + encodeURIComponent(d.wid) + '/';
-  async function call(action, body) {
+  async function call(action, body, then) {
     out.textContent = action + '…'; out.style.color = '';
     body.run_id = d.run; body.identity = 'web-ui';
     try {
@@ -909,7 +922,7 @@ _JS = """
       const answer = await r.json().catch(() => ({}));
       if (!r.ok) throw new Error(answer.message || r.statusText);
       out.textContent = action + ': done'; out.style.color = 'var(--ok)';
-      setTimeout(() => location.reload(), 400);
+      setTimeout(() => (then ? then(answer) : location.reload()), 400);
     } catch (err) {
       out.textContent = action + ' failed: ' + err.message; out.style.color = 'var(--bad)';
     }
@@ -932,6 +945,17 @@ _JS = """
     const reason = document.getElementById('terminate-reason').value || 'terminated from the web UI';
     if (confirm('Terminate workflow ' + d.wid + ' now? It stops without cleanup or compensation.'))
       call('terminate', {reason: reason});
+  });
+  const reset = document.getElementById('reset-form');
+  if (reset) reset.addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    const eid = reset.elements.event_id.value.trim();
+    const where = eid ? 'event ' + eid : 'its last workflow task';
+    if (!confirm('Reset workflow ' + d.wid + ': start a new run from ' + where +
+                 '? Work completed before that point is kept; a running run is terminated.')) return;
+    const body = {reason: reset.elements.reason.value || 'reset from the web UI'};
+    if (eid) body.event_id = parseInt(eid, 10); else body.reset_type = 'LastWorkflowTask';
+    call('reset', body, (answer) => { location.href = location.pathname + '?run_id=' + encodeURIComponent(answer.run_id); });
   });
 })();
 """

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -26,6 +27,7 @@ from orchestrator.errors import (
     UnavailableError,
     WorkflowAlreadyStartedError,
     WorkflowNotFoundError,
+    WorkflowNotRunningError,
 )
 from orchestrator.errors import UnsupportedEventVersionError as ApiUnsupportedEventVersion
 from orchestrator.history.engine import HistoryEngine, Mutation, StartRequest, check_id_reuse
@@ -182,6 +184,12 @@ class HistoryService:
         if self.range_ids.pop(shard, None) is not None:
             log.info("dropped shard %d", shard)
         self._drop_cached(shard)
+
+    def forget(self, namespace: str, workflow_id: str, run_id: str) -> None:
+        """Drop a run's cached state (retention deleted it from the store)."""
+        entry = self._cache.pop((namespace, workflow_id, run_id), None)
+        if entry is not None:
+            entry.state = None
 
     def _drop_cached(self, shard: int) -> None:
         for key in [k for k in self._cache if self.shard_of(k[0], k[1]) == shard]:
@@ -420,6 +428,69 @@ class HistoryService:
                 if exc.code != "workflow_not_running":
                     raise
         return await self.start(req)
+
+    # reset -------------------------------------------------------------------------------
+    async def reset(
+        self,
+        namespace: str,
+        workflow_id: str,
+        run_id: str = "",
+        *,
+        event_id: int | None = None,
+        reset_type: str | None = None,
+        reason: str = "",
+        identity: str = "",
+        reapply_signals: bool = True,
+    ) -> str:
+        """Start a new run from a workflow task of ``run_id`` (the current run when empty); returns its
+        run id. The current run, if still running, is terminated in the same write
+        (see :mod:`orchestrator.history.reset`)."""
+        from orchestrator.history.reset import (
+            build_reset_run,  # reset folds histories: rebuild imports the engine
+        )
+
+        self._require_owner(namespace, workflow_id)
+        base_run_id = await self.resolve_run_id(namespace, workflow_id, run_id)
+        await self.get_state(namespace, workflow_id, base_run_id)  # not found: a clear 404
+        events = await self._store_call(self.store.read_events(namespace, workflow_id, base_run_id))
+        shard = self.shard_of(namespace, workflow_id)
+        new_run_id = uuid.uuid4().hex
+        for _ in range(self.MAX_CAS_RETRIES):
+            now = self.clock.now()
+            created = build_reset_run(
+                events, namespace=namespace, workflow_id=workflow_id, new_run_id=new_run_id, now=now,
+                shard_id=shard, event_id=event_id, reset_type=reset_type, reason=reason, identity=identity,
+                reapply_signals=reapply_signals, base_run_id=base_run_id,
+                retention_days=self.engine.retention_days_of(namespace),
+            )  # fmt: skip
+            current = await self._store_call(self.store.get_current_run(namespace, workflow_id))
+            created.expected_current_run_id = current.run_id if current else None
+            if current is not None and current.status == "Running":
+                why = f"reset to run {new_run_id}" + (f": {reason}" if reason else "")
+
+                def terminate_then_create(
+                    state: ExecutionState, now: float, why: str = why, created: Mutation = created
+                ) -> Mutation:
+                    m = self.engine.terminate(state, now=now, reason=why, identity=identity)
+                    m.follow_up = created
+                    return m
+
+                try:
+                    await self.update(namespace, workflow_id, current.run_id, terminate_then_create)
+                except (CurrentRunConflictError, WorkflowNotRunningError):
+                    METRICS.history_conflicts.inc()
+                    continue
+                return new_run_id
+            try:
+                await self._commit(created)
+            except (CurrentRunConflictError, ConditionFailedError):
+                METRICS.history_conflicts.inc()
+                continue
+            entry = self._entry((namespace, workflow_id, new_run_id))
+            entry.state = created.state
+            await self._after_commit(created, entry)
+            return new_run_id
+        raise UnavailableError(f"workflow {workflow_id!r} is being written concurrently; retry the reset")
 
     # waiting -----------------------------------------------------------------------------
     async def wait_for(

@@ -46,7 +46,14 @@ async def apply_batch_page(input: BatchOperationInput, token: str | None, page_s
         handle = client.get_workflow_handle(workflow_id, run_id=run_id)
         async with slots:
             try:
-                if input.operation == "signal":
+                if input.operation == "reset":
+                    current = await client.get_workflow_handle(workflow_id).describe()
+                    if current.run_id != run_id:  # an older run: only the current one is reset
+                        result.skipped += 1
+                        return
+                    await handle.reset(reset_type=input.reset_type, reason=input.reason or "batch reset",
+                                       reapply_signals=input.reapply_signals)  # fmt: skip
+                elif input.operation == "signal":
                     await handle.signal(input.signal, args=input.signal_args)
                 elif input.operation == "cancel":
                     await handle.cancel(reason=input.reason)
@@ -64,7 +71,14 @@ async def apply_batch_page(input: BatchOperationInput, token: str | None, page_s
 
     targets = []
     for run in page:
-        if run.status != WorkflowExecutionStatus.RUNNING or run.task_queue == SYSTEM_TASK_QUEUE:
+        if run.task_queue == SYSTEM_TASK_QUEUE:
+            result.skipped += 1
+        elif input.operation == "reset":  # closed runs too; not the runs started after the batch (its own)
+            if input.started_before is not None and run.start_time is not None and run.start_time > input.started_before:
+                result.skipped += 1
+            else:
+                targets.append(apply(run.id, run.run_id))
+        elif run.status != WorkflowExecutionStatus.RUNNING:
             result.skipped += 1
         else:
             targets.append(apply(run.id, run.run_id))

@@ -15,6 +15,7 @@ The connection options are those of ``sagas workflow`` (``--address``,
 
     sagas batch terminate --query "WorkflowType = 'BookTrip' AND ExecutionStatus = 'Running'" --rps 100
     sagas batch signal --query "WorkflowId STARTS_WITH 'order-'" --name approve --input '"ops"'
+    sagas batch reset --query "WorkflowType = 'BookTrip' AND ExecutionStatus = 'Failed'" --type LastWorkflowTask
     sagas batch describe --batch-id 3f2a9c1d7e4b
 """
 
@@ -54,6 +55,7 @@ from sagas.client import (
     BatchCancel,
     BatchOperation,
     BatchOperationProgress,
+    BatchReset,
     BatchSignal,
     BatchTerminate,
     Client,
@@ -72,7 +74,7 @@ from sagas.client._schedule import validate_schedule
 _T = TypeVar("_T")
 
 schedule_app = typer.Typer(help="Create, inspect and steer schedules.", no_args_is_help=True)
-batch_app = typer.Typer(help="Signal, cancel or terminate every workflow a query matches.", no_args_is_help=True)
+batch_app = typer.Typer(help="Signal, cancel, terminate or reset every workflow a query matches.", no_args_is_help=True)
 
 ScheduleId = Annotated[str, typer.Option("--schedule-id", "-s", help="Schedule id.")]
 
@@ -414,7 +416,7 @@ def _report_table(p: BatchOperationProgress) -> Table:
         ("Matched at start", str(p.total_estimate)),
         ("Succeeded", str(p.succeeded)),
         ("Failed", str(p.failed)),
-        ("Skipped (not running)", str(p.skipped)),
+        ("Skipped (not running / not current)", str(p.skipped)),
         ("Pages", str(p.pages)),
         ("Started / closed", f"{_time(p.started_at)} / {_time(p.closed_at)}"),
     ]:
@@ -497,6 +499,35 @@ def batch_terminate(
     """Terminate every running workflow the query matches."""
     conn = _conn(address, namespace, api_key, tls, tls_ca, tls_cert, tls_key)
     _start_batch(conn, BatchTerminate(reason=reason), query, rps, batch_id, wait)
+
+
+@batch_app.command("reset")
+def batch_reset(
+    query: Query,
+    reset_type: Annotated[
+        str, typer.Option("--type", help="FirstWorkflowTask or LastWorkflowTask (the last completed one).")
+    ] = "LastWorkflowTask",
+    reason: Reason = "",
+    reapply_signals: Annotated[
+        bool, typer.Option(help="Deliver again the signals received after the reset point.")
+    ] = True,
+    rps: Rps = 50.0,
+    batch_id: BatchId = None,
+    wait: Wait = True,
+    address: Address = "localhost:7233",
+    namespace: Namespace = "default",
+    api_key: ApiKey = None,
+    tls: Tls = False,
+    tls_ca: TlsCa = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+) -> None:
+    """Reset every workflow the query matches (its current run) to its first or last workflow task."""
+    if reset_type not in ("FirstWorkflowTask", "LastWorkflowTask"):
+        raise typer.BadParameter(f"--type must be FirstWorkflowTask or LastWorkflowTask, not {reset_type!r}")
+    conn = _conn(address, namespace, api_key, tls, tls_ca, tls_cert, tls_key)
+    operation = BatchReset(reset_type=reset_type, reason=reason, reapply_signals=reapply_signals)
+    _start_batch(conn, operation, query, rps, batch_id, wait)
 
 
 @batch_app.command("describe")

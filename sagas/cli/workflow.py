@@ -10,6 +10,7 @@ Inputs are JSON, one ``--input`` per argument::
     sagas workflow start --type BookTrip --task-queue trips -w trip-1 --input '{"city": "Lisbon"}'
     sagas workflow show -w trip-1
     sagas workflow show -w trip-1 --output json > trip-1.json     # for the Replayer
+    sagas workflow show -w trip-1 --archived                      # after retention (docs/archival.md)
 
 Errors are printed in one readable paragraph and exit with status 1.
 """
@@ -461,6 +462,12 @@ def show(
         OutputFormat, typer.Option("--output", "-o", help="table, or json (a history file the Replayer reads).")
     ] = OutputFormat.TABLE,
     all_events: Annotated[bool, typer.Option("--all", help="Also list routine workflow task events.")] = False,
+    archived: Annotated[
+        bool,
+        typer.Option(
+            "--archived", help="Read the run from the namespace's archive (after retention deleted it; docs/archival.md)."
+        ),
+    ] = False,
     address: Address = "localhost:7233",
     namespace: Namespace = "default",
     api_key: ApiKey = None,
@@ -472,10 +479,13 @@ def show(
     """Show a run's event history (and its saga steps and compensations)."""
 
     async def go(client: Client) -> None:
-        history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
+        handle = client.get_workflow_handle(workflow_id, run_id=run_id)
+        history = await (handle.fetch_archived_history() if archived else handle.fetch_history())
         if output == OutputFormat.JSON:
             print(history.to_json())
             return
+        if archived:
+            _out.print(f"Archived run {history.run_id} of {escape(history.workflow_id)}")
         _out.print(_history_table(list(history.events), all_events=all_events))
         steps = saga_steps(list(history.events))
         if steps:
@@ -577,5 +587,43 @@ def terminate(
     async def go(client: Client) -> None:
         await client.get_workflow_handle(workflow_id, run_id=run_id).terminate(reason=reason or None)
         _out.print(f"Terminated {escape(workflow_id)}.")
+
+    _run(lambda: _with_client(Connection(address, namespace, api_key, tls, tls_ca, tls_cert, tls_key), go))
+
+
+@workflow_app.command("reset")
+def reset(
+    workflow_id: WorkflowId,
+    to_event: Annotated[
+        int | None,
+        typer.Option("--to-event", help="Any event id of a started workflow task (usually a WorkflowTaskCompleted)."),
+    ] = None,
+    reset_type: Annotated[
+        str | None, typer.Option("--type", help="FirstWorkflowTask or LastWorkflowTask (instead of --to-event).")
+    ] = None,
+    reason: Annotated[str, typer.Option(help="Why (recorded in both runs' histories).")] = "",
+    reapply_signals: Annotated[
+        bool, typer.Option(help="Deliver again the signals received after the reset point.")
+    ] = True,
+    run_id: RunId = None,
+    address: Address = "localhost:7233",
+    namespace: Namespace = "default",
+    api_key: ApiKey = None,
+    tls: Tls = False,
+    tls_ca: TlsCa = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+) -> None:
+    """Start a new run from a workflow task of this one (after fixing a bug); the running run is terminated.
+
+    Example: ``sagas workflow reset trip-42 --to-event 9 --reason "hotel bug fixed"``
+    """
+    if (to_event is None) == (reset_type is None):
+        raise typer.BadParameter("give exactly one of --to-event or --type")
+
+    async def go(client: Client) -> None:
+        handle = client.get_workflow_handle(workflow_id, run_id=run_id)
+        new = await handle.reset(event_id=to_event, reset_type=reset_type, reason=reason, reapply_signals=reapply_signals)
+        _out.print(f"Reset {escape(workflow_id)}: new run {new.run_id}.")
 
     _run(lambda: _with_client(Connection(address, namespace, api_key, tls, tls_ca, tls_cert, tls_key), go))

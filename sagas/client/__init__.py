@@ -1,6 +1,6 @@
 """Start workflows and talk to running ones (mirrors ``temporalio.client``).
 
-::
+Example::
 
     from sagas.client import Client
 
@@ -27,6 +27,7 @@ from sagas.client._batch import (
     BatchOperationFailure,
     BatchOperationHandle,
     BatchOperationProgress,
+    BatchReset,
     BatchSignal,
     BatchTerminate,
 )
@@ -92,6 +93,7 @@ __all__ = [
     "BatchOperationFailure",
     "BatchOperationHandle",
     "BatchOperationProgress",
+    "BatchReset",
     "BatchSignal",
     "BatchTerminate",
     "Client",

@@ -34,7 +34,7 @@ import math
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from orchestrator.api.enums import WorkflowIDReusePolicy
@@ -49,14 +49,28 @@ MAX_REPORTED_FAILURES = 100
 
 
 class BatchOperation:
-    """Base of what a batch does to each matching run."""
+    """Base of what a batch does to each matching run.
+
+    Example::
+
+        op: BatchOperation = BatchCancel(reason="release 42 rolled back")
+        handle = await client.start_batch_operation(op, "WorkflowType = 'BookTrip'")
+    """
 
     kind: str = ""
 
 
 @dataclass
 class BatchSignal(BatchOperation):
-    """Send ``signal`` (a name or the ``@workflow.signal`` method) with ``args`` to each run."""
+    """Send ``signal`` (a name or the ``@workflow.signal`` method) with ``args`` to each run.
+
+    Example::
+
+        handle = await client.start_batch_operation(
+            BatchSignal(BookTrip.approve, args=["ops"]),
+            "WorkflowType = 'BookTrip' AND ExecutionStatus = 'Running'",
+        )
+    """
 
     signal: Any
     args: Sequence[Any] = ()
@@ -65,7 +79,12 @@ class BatchSignal(BatchOperation):
 
 @dataclass
 class BatchCancel(BatchOperation):
-    """Request cancellation of each run (its code may clean up first, e.g. compensate)."""
+    """Request cancellation of each run (its code may clean up first, e.g. compensate).
+
+    Example::
+
+        await client.start_batch_operation(BatchCancel(reason="supplier down"), "WorkflowType = 'BookTrip'", rps=10)
+    """
 
     reason: str = ""
     kind: str = "cancel"
@@ -73,15 +92,49 @@ class BatchCancel(BatchOperation):
 
 @dataclass
 class BatchTerminate(BatchOperation):
-    """Terminate each run at once, without running any of its code."""
+    """Terminate each run at once, without running any of its code.
+
+    Example::
+
+        await client.start_batch_operation(BatchTerminate(reason="test data"), "CustomerId = 'test-customer'")
+    """
 
     reason: str = ""
     kind: str = "terminate"
 
 
 @dataclass
+class BatchReset(BatchOperation):
+    """Reset each matching workflow: a new run from its first or last completed workflow task.
+
+    Only each workflow id's current run is reset (older runs the query matches are skipped, and so
+    are runs started after the batch began, such as the new runs the batch itself creates). A
+    running run is terminated by its reset. See :meth:`WorkflowHandle.reset`.
+
+    Example::
+
+        await client.start_batch_operation(
+            BatchReset(reset_type="LastWorkflowTask", reason="hotel bug fixed"),
+            "WorkflowType = 'BookTrip' AND ExecutionStatus = 'Failed'",
+        )
+    """
+
+    reset_type: str = "LastWorkflowTask"
+    reason: str = ""
+    reapply_signals: bool = True
+    kind: str = "reset"
+
+
+@dataclass
 class BatchOperationFailure:
-    """A run the operation could not be applied to, and why."""
+    """A run the operation could not be applied to, and why.
+
+    Example::
+
+        report = await handle.result()
+        for failure in report.failures:
+            print(failure.workflow_id, failure.run_id, failure.message)
+    """
 
     workflow_id: str
     run_id: str
@@ -90,7 +143,13 @@ class BatchOperationFailure:
 
 @dataclass
 class BatchOperationProgress:
-    """Progress of a batch (:meth:`BatchOperationHandle.describe`), and its final report (``result()``)."""
+    """Progress of a batch (:meth:`BatchOperationHandle.describe`), and its final report (``result()``).
+
+    Example::
+
+        progress = await client.get_batch_operation_handle(batch_id).describe()
+        print(f"{progress.processed}/{progress.total_estimate} done, {progress.failed} failed")
+    """
 
     operation: str
     query: str
@@ -121,6 +180,10 @@ class BatchOperationInput:
     rps: float = 50.0
     page_size: int = 100
     identity: str = ""
+    reset_type: str = ""
+    reapply_signals: bool = True
+    started_before: datetime | None = None
+    """Reset only: runs started after this (e.g. the batch's own new runs) are skipped."""
 
 
 @dataclass
@@ -135,7 +198,14 @@ class BatchPageResult:
 
 
 class BatchOperationHandle:
-    """Handle to one batch operation."""
+    """Handle to one batch operation.
+
+    Example::
+
+        handle = await client.start_batch_operation(BatchCancel(), "WorkflowType = 'BookTrip'")
+        report = await handle.result()       # waits until every matching run was handled
+        print(report.succeeded, report.failed, report.skipped)
+    """
 
     def __init__(self, client: Client, id: str) -> None:
         self._client = client
@@ -143,6 +213,7 @@ class BatchOperationHandle:
 
     @property
     def id(self) -> str:
+        """The batch operation's id."""
         return self._id
 
     @property
@@ -181,8 +252,10 @@ async def start_batch_operation(
     """See :meth:`Client.start_batch_operation`."""
     from sagas.client._client import handler_name_and_result_type
 
-    if not isinstance(operation, BatchSignal | BatchCancel | BatchTerminate):
-        raise TypeError(f"operation must be BatchSignal, BatchCancel or BatchTerminate, got {operation!r}")
+    if not isinstance(operation, BatchSignal | BatchCancel | BatchTerminate | BatchReset):
+        raise TypeError(f"operation must be BatchSignal, BatchCancel, BatchTerminate or BatchReset, got {operation!r}")
+    if isinstance(operation, BatchReset) and operation.reset_type not in ("FirstWorkflowTask", "LastWorkflowTask"):
+        raise ValueError(f"reset_type must be FirstWorkflowTask or LastWorkflowTask, got {operation.reset_type!r}")
     if not (rps > 0 and math.isfinite(rps)):
         raise ValueError(f"rps must be a positive number, got {rps!r}")
     if page_size < 1:
@@ -197,6 +270,9 @@ async def start_batch_operation(
         wire.signal_args = client.data_converter.to_payloads(list(operation.args))
     else:
         wire.reason = operation.reason
+    if isinstance(operation, BatchReset):
+        wire.reset_type, wire.reapply_signals = operation.reset_type, operation.reapply_signals
+        wire.started_before = datetime.now(UTC)
     batch_id = id or uuid.uuid4().hex[:12]
     # A batch id in use raises WorkflowAlreadyStartedError (for workflow id sagas-batch:{id}).
     await _system_client(client).start_workflow(
@@ -212,6 +288,7 @@ async def start_batch_operation(
 
 __all__ = [
     "BatchCancel",
+    "BatchReset",
     "BatchOperation",
     "BatchOperationFailure",
     "BatchOperationHandle",

@@ -434,6 +434,23 @@ async def _drive_browser(seeded: Seeded, http: httpx.AsyncClient) -> None:
             await page.goto(f"{seeded.base}/namespaces/default/workflows/trip-saga")
             assert await page.locator("#saga-timeline li").count() == 6
             await page.screenshot(path="/tmp/ui.png", full_page=True)
+
+            # reset the completed saga to its last workflow task: the page moves to the new run
+            first_run = (await http.get("/api/v1/namespaces/default/workflows/trip-saga")).json()["info"]["run_id"]
+            await page.fill("#reset-form input[name=reason]", "ui reset test")
+            async with page.expect_navigation():
+                await page.click("#reset-form button")
+            assert dialogs[-1].startswith("Reset workflow trip-saga: start a new run from its last workflow task?")
+            new_run = (await http.get("/api/v1/namespaces/default/workflows/trip-saga")).json()["info"]["run_id"]
+            assert new_run != first_run and f"run_id={new_run}" in page.url
+            assert "Running" in await page.locator("#summary").inner_text()
+            failed = of_type(await api_events(http, "trip-saga"), "WorkflowTaskFailed")
+            assert failed[-1]["cause"] == "ResetWorkflow" and "ui reset test" in failed[-1]["failure"]["message"]
+            # a bad reset point is refused with the server's reason, on the page
+            await page.fill("#reset-form input[name=event_id]", "1")
+            await page.click("#reset-form button")
+            await page.wait_for_function("document.getElementById('action-result').textContent.includes('failed')")
+            assert "a reset point is an event of a started workflow task" in await page.locator("#action-result").inner_text()
             assert errors == []
         finally:
             await browser.close()

@@ -120,3 +120,32 @@ async def test_batch_bad_input(env: WorkflowEnvironment) -> None:
     with pytest.raises(ValueError, match="rps must be a positive number"):
         await env.client.start_batch_operation(BatchTerminate(), "", rps=0)
     assert await count(env.client, "WorkflowType = 'sagas.BatchOperation'") == 0
+
+
+async def test_batch_reset_resets_each_current_run_once(env: WorkflowEnvironment) -> None:
+    from sagas.client import BatchReset
+
+    client = env.client
+    await start_waiters(client, "rs", 20)
+    for i in range(10):  # half of them finish first: a reset applies to closed runs too
+        await client.get_workflow_handle(f"rs-{i}").signal(Waiter.release, "before")
+    for i in range(10):
+        assert await client.get_workflow_handle(f"rs-{i}").result() == "before"
+    op = BatchReset(reset_type="FirstWorkflowTask", reason="redo", reapply_signals=False)
+    report = await (await client.start_batch_operation(op, "WorkflowId STARTS_WITH 'rs-'", rps=50, id="redo")).result()
+    assert (report.operation, report.succeeded, report.failed) == ("reset", 20, 0), report
+    # each workflow id got exactly one new run (the batch skipped the runs it created itself)
+    assert await count(client, "WorkflowId STARTS_WITH 'rs-' AND ExecutionStatus = 'Running'") == 20
+    assert await count(client, "WorkflowId STARTS_WITH 'rs-' AND ExecutionStatus = 'Terminated'") == 10
+    assert await count(client, "WorkflowId STARTS_WITH 'rs-' AND ExecutionStatus = 'Completed'") == 10
+    assert await count(client, "WorkflowId STARTS_WITH 'rs-'") == 40
+    # the new runs start from the first workflow task without the old signal: they wait again
+    await client.get_workflow_handle("rs-3").signal(Waiter.release, "after")
+    assert await client.get_workflow_handle("rs-3").result() == "after"
+
+
+async def test_batch_reset_with_an_unknown_type_is_refused(env: WorkflowEnvironment) -> None:
+    from sagas.client import BatchReset
+
+    with pytest.raises(ValueError, match="reset_type must be FirstWorkflowTask or LastWorkflowTask"):
+        await env.client.start_batch_operation(BatchReset(reset_type="Middle"), "WorkflowId STARTS_WITH 'x'")

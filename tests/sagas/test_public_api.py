@@ -29,7 +29,7 @@ PUBLIC = {
         "ScheduleSpec", "ScheduleState", "ScheduleUpdate", "ScheduleUpdateInput",
         # batch operations
         "BatchCancel", "BatchOperation", "BatchOperationFailure", "BatchOperationHandle", "BatchOperationProgress",
-        "BatchSignal", "BatchTerminate",
+        "BatchReset", "BatchSignal", "BatchTerminate",
     },
     "sagas.worker": {"ReplayResult", "ReplayResults", "Replayer", "Worker", "WorkflowHistory"},
     "sagas.testing": {"ActivityEnvironment", "WorkflowEnvironment"},
