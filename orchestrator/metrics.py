@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ class _Metrics:
     history_stream_lag: Gauge
     shards_owned: Gauge
     requests_forwarded: Counter
+    archival: Counter
+    broker_operation: Histogram
 
 
 METRICS = _Metrics(
@@ -95,7 +98,53 @@ METRICS = _Metrics(
     requests_forwarded=Counter(
         "sagas_requests_forwarded_total", "Requests and replies forwarded to the process that owns their shard"
     ),
+    archival=Counter(
+        "sagas_archival_total",
+        "Archival writes of closed runs before retention deletes them (failed ones are retried later)",
+        ["kind", "outcome"],
+    ),
+    broker_operation=Histogram(
+        "sagas_broker_operation_seconds",
+        "Broker calls made by the orchestrator: publish (until confirmed), ack and nack (until settled), "
+        "by broker (memory for the built-in one, amqp, kafka, sqs) and outcome (ok, error)",
+        ["broker", "op", "outcome"],
+        buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    ),
 )
+
+BROKER_OPERATIONS = ("publish", "ack", "nack")
+
+
+def instrument_broker(broker: Any, scheme: str) -> None:
+    """Time ``broker``'s publish, ack and nack in ``sagas_broker_operation_seconds``.
+
+    The broker is wrapped in place (its bound methods are replaced), so it keeps its class and
+    everything that checks it (the built-in broker's backlog gauge, the dev server's idle check)
+    still sees the same object. Calling it twice is harmless: a timed method is not timed again.
+
+    Example::
+
+        broker = await open_broker("amqp://guest:guest@127.0.0.1/")
+        instrument_broker(broker, "amqp")
+        await broker.publish("sagas.default.trips.act", b"{}")  # observed with op="publish"
+    """
+    for op in BROKER_OPERATIONS:
+        inner = getattr(broker, op)
+        if getattr(inner, "_sagas_timed", False):
+            continue
+
+        async def timed(*args: Any, _inner: Any = inner, _op: str = op, **kwargs: Any) -> Any:
+            began = time.perf_counter()
+            outcome = "error"
+            try:
+                result = await _inner(*args, **kwargs)
+                outcome = "ok"
+                return result
+            finally:
+                METRICS.broker_operation.labels(scheme, _op, outcome).observe(time.perf_counter() - began)
+
+        timed._sagas_timed = True  # type: ignore[attr-defined]
+        setattr(broker, op, timed)
 
 
 class _BacklogCollector(Collector):

@@ -21,11 +21,14 @@ All paths are under ``/api/v1``; ``{ns}`` is a namespace name.
 | POST | /namespaces/{ns}/workflows/{wid}/update | :class:`UpdateWorkflowRequest` -> :class:`UpdateWorkflowResponse` |
 | POST | /namespaces/{ns}/workflows/{wid}/cancel | :class:`CancelRequest` -> :class:`Ack` |
 | POST | /namespaces/{ns}/workflows/{wid}/terminate | :class:`TerminateRequest` -> :class:`Ack` |
+| GET  | /namespaces/{ns}/archived-workflows/{wid}/history?run_id= | -> :class:`ArchivedHistoryResponse` (archival) |
 | POST | /tasks/complete | any ``brokers.envelope.Reply`` -> :class:`Ack` |
 | POST | /queues/{queue}/receive | :class:`ReceiveRequest` -> :class:`ReceiveResponse` (built-in broker, long poll) |
 | POST | /queues/{queue}/ack | :class:`SettleRequest` -> :class:`Ack` |
 | POST | /queues/{queue}/nack | :class:`SettleRequest` -> :class:`Ack` |
-| POST | /queues/{queue}/publish | :class:`PublishRequest` -> :class:`PublishResponse` |
+| POST | /queues/{queue}/publish | :class:`PublishRequest` -> :class:`PublishResponse` (``fallback``: publish to a sticky queue) |
+| POST | /queues/{queue}/sticky | :class:`StickyQueueRequest` -> :class:`Ack` (declare a worker's sticky queue) |
+| DELETE | /queues/{queue}/sticky | -> :class:`Ack` (the worker leaves: its tasks go to the fallback) |
 | GET  | /dlq?limit= | -> :class:`DeadLettersResponse` |
 | POST | /codec/decode | :class:`CodecRequest` -> :class:`CodecResponse` (the payload codec server) |
 | POST | /codec/encode | :class:`CodecRequest` -> :class:`CodecResponse` |
@@ -91,6 +94,8 @@ class StartWorkflowRequest(BaseModel):
     signal: SignalWithStart | None = None
     """Signal-with-start: deliver this signal, starting the workflow if it is not running."""
     identity: str = ""
+    headers: dict[str, Any] = Field(default_factory=dict)
+    """Kept on ``WorkflowExecutionStarted``: e.g. the W3C trace context (``traceparent``)."""
 
 
 class StartWorkflowResponse(BaseModel):
@@ -148,6 +153,19 @@ class DescribeWorkflowResponse(BaseModel):
 class HistoryResponse(BaseModel):
     events: list[dict[str, Any]]
     next_page_token: str | None = None
+
+
+class ArchivedHistoryResponse(BaseModel):
+    """A run's history read back from the namespace's archive after retention deleted it."""
+
+    namespace: str
+    workflow_id: str
+    run_id: str
+    archived_at: float
+    """When the run was archived (epoch seconds)."""
+    info: WorkflowExecutionInfo | None = None
+    """The run's visibility record as it was when archived."""
+    events: list[dict[str, Any]]
 
 
 class WorkflowResultResponse(BaseModel):
@@ -209,6 +227,28 @@ class TerminateRequest(BaseModel):
     identity: str = ""
 
 
+class ResetWorkflowRequest(BaseModel):
+    """Start a new run from a workflow task of ``run_id`` (the current run when empty).
+
+    Name the reset point with ``event_id`` (any event of a started workflow task) or
+    ``reset_type`` (``FirstWorkflowTask`` or ``LastWorkflowTask``), not both.
+    """
+
+    run_id: str = ""
+    event_id: int | None = Field(default=None, ge=1)
+    reset_type: str | None = None
+    """``FirstWorkflowTask`` or ``LastWorkflowTask`` (the last completed one)."""
+    reason: str = ""
+    reapply_signals: bool = True
+    """Deliver again the signals the base run received after the reset point."""
+    identity: str = ""
+
+
+class ResetWorkflowResponse(BaseModel):
+    run_id: str
+    """The new run (now the workflow id's current run)."""
+
+
 class ListWorkflowsResponse(BaseModel):
     executions: list[WorkflowExecutionInfo]
     next_page_token: str | None = None
@@ -244,6 +284,15 @@ class SettleRequest(BaseModel):
 class PublishRequest(BaseModel):
     body: str
     headers: dict[str, str] = Field(default_factory=dict)
+    fallback: str | None = None
+    """Set when ``queue`` is a sticky queue: where the message goes when its worker is gone."""
+
+
+class StickyQueueRequest(BaseModel):
+    fallback: str
+    """The task queue's normal workflow queue (``{prefix}.{ns}.{task_queue}.wf``), same namespace."""
+    timeout: float = 5.0
+    """The sticky schedule-to-start timeout, in seconds."""
 
 
 class PublishResponse(BaseModel):
@@ -278,6 +327,11 @@ class NamespaceLimits(BaseModel):
     """A run whose history would grow past this is terminated."""
     history_warn_events: int | None = Field(default=None, ge=1)
     """Past this, describe warns: continue-as-new before the hard limit."""
+    history_archival_uri: str | None = None
+    """Where closed histories are archived before retention deletes them: ``file:///dir`` or
+    ``s3://bucket/prefix?endpoint_url=...&region=...``; ``""`` turns archival off."""
+    visibility_archival_uri: str | None = None
+    """Where closed runs' visibility records are archived (same schemes); ``""``: off."""
 
 
 class RegisterNamespaceRequest(NamespaceLimits):
@@ -300,6 +354,8 @@ class NamespaceInfo(BaseModel):
     max_payload_bytes: int
     max_history_events: int | None = None
     history_warn_events: int | None = None
+    history_archival_uri: str | None = None
+    visibility_archival_uri: str | None = None
 
 
 class ListNamespacesResponse(BaseModel):

@@ -12,12 +12,14 @@ from enum import StrEnum
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
+from brokers import tracing
 from brokers.envelope import ActivityHeartbeat, ActivityResult
 from orchestrator.api.common import Failure
 from orchestrator.api.enums import TimeoutType, WorkflowExecutionStatus, WorkflowIDReusePolicy
 from orchestrator.api.events import HistoryEvent, parse_events
 from orchestrator.api.http import (
     Ack,
+    ArchivedHistoryResponse,
     CancelRequest,
     ClusterInfo,
     CountWorkflowsResponse,
@@ -26,6 +28,8 @@ from orchestrator.api.http import (
     ListWorkflowsResponse,
     QueryWorkflowRequest,
     QueryWorkflowResponse,
+    ResetWorkflowRequest,
+    ResetWorkflowResponse,
     SignalRequest,
     SignalWithStart,
     StartWorkflowRequest,
@@ -140,7 +144,15 @@ def _reuse_policy(policy: Any) -> str:
 
 
 class WorkflowUpdateStage(StrEnum):
-    """How far an update must have progressed before ``start_update`` returns."""
+    """How far an update must have progressed before ``start_update`` returns.
+
+    Example::
+
+        handle = await client.get_workflow_handle("order-7").start_update(
+            OrderWorkflow.set_address, address, wait_for_stage=WorkflowUpdateStage.ACCEPTED
+        )
+        print(await handle.result())
+    """
 
     ADMITTED = "Admitted"
     ACCEPTED = "Accepted"
@@ -150,7 +162,7 @@ class WorkflowUpdateStage(StrEnum):
 class Client:
     """Connection to an orchestrator for one namespace (mirrors ``temporalio.client.Client``).
 
-    ::
+    Example::
 
         client = await Client.connect("localhost:7233")
         result = await client.execute_workflow(
@@ -221,18 +233,22 @@ class Client:
 
     @property
     def namespace(self) -> str:
+        """The namespace every call of this client goes to."""
         return self._namespace
 
     @property
     def identity(self) -> str:
+        """Who this client says it is in history events (default ``pid@hostname``)."""
         return self._identity
 
     @property
     def data_converter(self) -> DataConverter:
+        """The converter for arguments, results and details (workers use it too)."""
         return self._data_converter
 
     @property
     def target_host(self) -> str:
+        """The ``host:port`` (or URL) the client connected to."""
         return self._target_host
 
     @property
@@ -321,15 +337,18 @@ class Client:
             ),
             identity=self._identity,
         )
-        # The request id makes a retried start harmless (the server answers with the same run).
-        resp = await self._transport.call_model(
-            StartWorkflowResponse,
-            "POST",
-            f"{self._ns_path()}/workflows",
-            req,
-            idempotent=True,
-            context={"workflow_id": id, "workflow_type": name},
-        )
+        with tracing.span(f"StartWorkflow:{name}", kind="client",
+                          attributes={"sagas.workflow_id": id, "sagas.task_queue": task_queue}):  # fmt: skip
+            tracing.inject(req.headers)
+            # The request id makes a retried start harmless (the server answers with the same run).
+            resp = await self._transport.call_model(
+                StartWorkflowResponse,
+                "POST",
+                f"{self._ns_path()}/workflows",
+                req,
+                idempotent=True,
+                context={"workflow_id": id, "workflow_type": name},
+            )
         return WorkflowHandle(
             self,
             id,
@@ -574,6 +593,14 @@ class WorkflowHandle(Generic[ReturnT]):
     ``run_id`` None (calls target the latest run) and ``result_run_id`` set to
     the started run; :meth:`Client.get_workflow_handle` with ``run_id`` pins
     every call to that run.
+
+    Example::
+
+        handle = client.get_workflow_handle("trip-1")
+        await handle.signal(BookTrip.approve, "ok")
+        status = await handle.query(BookTrip.status)
+        desc = await handle.describe()
+        print(status, desc.status, await handle.result())
     """
 
     def __init__(
@@ -610,10 +637,12 @@ class WorkflowHandle(Generic[ReturnT]):
 
     @property
     def first_execution_run_id(self) -> str | None:
+        """The first run of the chain this handle follows, when known."""
         return self._first_execution_run_id
 
     @property
     def client(self) -> Client:
+        """The client this handle calls through."""
         return self._client
 
     def _path(self, suffix: str = "") -> str:
@@ -751,6 +780,43 @@ class WorkflowHandle(Generic[ReturnT]):
         )
         await self._client.transport.call_model(Ack, "POST", self._path("/terminate"), req, idempotent=False)
 
+    async def reset(
+        self,
+        *,
+        event_id: int | None = None,
+        reset_type: str | None = None,
+        reason: str = "",
+        reapply_signals: bool = True,
+    ) -> WorkflowHandle[Any]:
+        """Start a new run from a workflow task of this run (like Temporal's reset), e.g. after fixing a bug.
+
+        Name the reset point with ``event_id`` (any event of a started workflow task: its
+        ``WorkflowTaskCompleted`` is the usual choice) or ``reset_type`` (``"FirstWorkflowTask"`` or
+        ``"LastWorkflowTask"``). The new run keeps the history up to that task, so activities that
+        completed before it are not run again; the workflow code decides again from there. Signals
+        received after that point are delivered again unless ``reapply_signals=False``. The current
+        run, if still running, is terminated. Returns a handle to the new run.
+
+        Example::
+
+            handle = client.get_workflow_handle("trip-42")
+            new_run = await handle.reset(reset_type="LastWorkflowTask", reason="hotel bug fixed")
+            print(await new_run.result())
+        """
+        req = ResetWorkflowRequest(
+            run_id=self._run_id or "",
+            event_id=event_id,
+            reset_type=reset_type,
+            reason=reason,
+            reapply_signals=reapply_signals,
+            identity=self._client.identity,
+        )
+        resp = await self._client.transport.call_model(
+            ResetWorkflowResponse, "POST", self._path("/reset"), req, idempotent=False
+        )
+        return WorkflowHandle(self._client, self._id, run_id=resp.run_id, result_run_id=resp.run_id,
+                              result_type=self._result_type)  # fmt: skip
+
     async def describe(self) -> WorkflowExecutionDescription:
         """Status, times, pending activities and timers of the run."""
         resp = await self._client.transport.call_model(
@@ -771,9 +837,34 @@ class WorkflowHandle(Generic[ReturnT]):
             workflow_id=self._id, events=events, run_id=run_id, namespace=self._client.namespace
         )
 
+    async def fetch_archived_history(self) -> WorkflowHistory:
+        """The run's history from its namespace's archive, once retention deleted it from the store.
+
+        Without a run id: the run of this workflow id that closed last. Raises
+        :class:`~sagas.exceptions.RPCError` with code ``workflow_not_archived`` (not in the archive,
+        e.g. its retention has not ended yet) or ``archival_not_enabled`` (the namespace has no
+        ``history_archival_uri``).
+        """
+        resp = await self._client.transport.call_model(
+            ArchivedHistoryResponse,
+            "GET",
+            f"{self._client._ns_path()}/archived-workflows/{quote(self._id, safe='')}/history",
+            params={"run_id": self._run_id or None},
+        )
+        return WorkflowHistory(
+            workflow_id=resp.workflow_id, events=parse_events(resp.events), run_id=resp.run_id, namespace=resp.namespace
+        )
+
 
 class WorkflowUpdateHandle:
-    """Handle to one update; :meth:`result` waits for it to complete."""
+    """Handle to one update; :meth:`result` waits for it to complete.
+
+    Example::
+
+        update = await handle.start_update(OrderWorkflow.set_address, address)
+        ...                                  # do other work meanwhile
+        print(await update.result())         # raises WorkflowUpdateFailedError if it failed
+    """
 
     def __init__(
         self, handle: WorkflowHandle[Any], id: str, name: str, payloads: list[Any], *, result_type: Any = None
@@ -787,14 +878,17 @@ class WorkflowUpdateHandle:
 
     @property
     def id(self) -> str:
+        """The update's id (unique within the workflow)."""
         return self._id
 
     @property
     def name(self) -> str:
+        """The update's handler name."""
         return self._name
 
     @property
     def workflow_id(self) -> str:
+        """The id of the workflow the update was sent to."""
         return self._handle.id
 
     async def _poll(self, stage: str) -> UpdateWorkflowResponse:
@@ -867,7 +961,15 @@ def _close_cause(status: str, failure: Failure | None) -> BaseException:
 
 
 class AsyncActivityHandle:
-    """Complete, fail or heartbeat an activity from outside the worker (by its task token)."""
+    """Complete, fail or heartbeat an activity from outside the worker (by its task token).
+
+    Example::
+
+        # the activity called activity.raise_complete_async() and handed out its task token
+        handle = client.get_async_activity_handle(task_token=token)
+        await handle.heartbeat("waiting for the manager")
+        await handle.complete("approved")    # or: await handle.fail(ApplicationError("refused"))
+    """
 
     def __init__(self, client: Client, task_token: str) -> None:
         self._client = client
@@ -875,6 +977,7 @@ class AsyncActivityHandle:
 
     @property
     def task_token(self) -> str:
+        """The task token that identifies the activity attempt."""
         return self._task_token
 
     async def heartbeat(self, *details: Any) -> None:

@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from brokers import tracing
 from brokers.base import Delivery
 from brokers.envelope import (
     ActivityHeartbeat,
@@ -214,7 +215,10 @@ class ActivityTaskHandler:
         running = _RunningActivity(msg, defn)
         self._running.add(running)
         try:
-            return await self._execute(running)
+            with tracing.span(f"RunActivity:{msg.activity_type}", parent=delivery.headers, kind="consumer",
+                              attributes={"sagas.workflow_id": msg.workflow_id, "sagas.activity_id": msg.activity_id,
+                                          "sagas.attempt": msg.attempt}):  # fmt: skip
+                return await self._execute(running)
         finally:
             self._running.discard(running)
 

@@ -42,6 +42,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn, TypeVar
 
 from brokers.envelope import UpdateRequest
+from brokers.tracing import trace_headers
 from orchestrator.api import commands as cmd
 from orchestrator.api import events as ev
 from orchestrator.api.common import Failure
@@ -149,6 +150,13 @@ class ContinueAsNewError(BaseException):
 
     A ``BaseException`` so that ``except Exception`` in workflow code cannot
     swallow it. Do not raise it yourself.
+
+    Example (inside a workflow)::
+
+        try:
+            workflow.continue_as_new(cursor)
+        except Exception:
+            ...   # not reached: ContinueAsNewError is not an Exception
     """
 
     def __init__(self, command: cmd.ContinueAsNewWorkflowExecution) -> None:
@@ -172,7 +180,14 @@ class _DeadlockError(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class ParentInfo:
-    """The parent of a child workflow."""
+    """The parent of a child workflow.
+
+    Example (inside a workflow)::
+
+        parent = workflow.info().parent
+        if parent is not None:
+            await workflow.get_external_workflow_handle(parent.workflow_id).signal("child_started")
+    """
 
     namespace: str
     workflow_id: str
@@ -181,7 +196,13 @@ class ParentInfo:
 
 @dataclasses.dataclass(frozen=True)
 class Info:
-    """What a workflow knows about its own run (``workflow.info()``)."""
+    """What a workflow knows about its own run (``workflow.info()``).
+
+    Example (inside a workflow)::
+
+        info = workflow.info()
+        workflow.logger.info("%s attempt %d on %s", info.workflow_type, info.attempt, info.task_queue)
+    """
 
     namespace: str
     workflow_id: str
@@ -435,6 +456,14 @@ class ActivityHandle(asyncio.Task[_T]):
 
     Returned by ``workflow.start_activity``. It is an ``asyncio.Task``, so it
     works with ``asyncio.gather``, ``asyncio.wait`` and ``asyncio.wait_for``.
+
+    Example (inside a workflow)::
+
+        car = workflow.start_activity(book_car, req, start_to_close_timeout=T)
+        hotel = workflow.start_activity(book_hotel, req, start_to_close_timeout=T)
+        done, pending = await asyncio.wait([car, hotel], timeout=60)
+        for handle in pending:
+            handle.cancel()
     """
 
     _sagas_state: _ActivityState
@@ -470,6 +499,12 @@ class ChildWorkflowHandle(asyncio.Task[_T]):
     """A started child workflow: await it for the result; ``cancel()`` requests the child's cancellation.
 
     Returned by ``workflow.start_child_workflow`` once the child has started.
+
+    Example (inside a workflow)::
+
+        child = await workflow.start_child_workflow(ChargeWorkflow.run, order, id=f"charge-{order.id}")
+        await child.signal(ChargeWorkflow.approve)
+        receipt = await child
     """
 
     _sagas_state: _ChildState
@@ -500,7 +535,14 @@ class ChildWorkflowHandle(asyncio.Task[_T]):
 
 
 class ExternalWorkflowHandle:
-    """A handle to another workflow, from ``workflow.get_external_workflow_handle``."""
+    """A handle to another workflow, from ``workflow.get_external_workflow_handle``.
+
+    Example (inside a workflow)::
+
+        other = workflow.get_external_workflow_handle("order-7")
+        await other.signal(OrderWorkflow.paid, receipt)
+        await other.cancel()
+    """
 
     def __init__(self, instance: WorkflowInstance, workflow_id: str, run_id: str | None) -> None:
         self._instance = instance
@@ -1204,7 +1246,8 @@ class WorkflowInstance(asyncio.AbstractEventLoop):
             activity_type=name,
             task_queue=task_queue or self._task_queue,
             input=self._converter.to_payloads(args),
-            headers=dict(headers or {}),
+            # the run's trace context rides along (brokers.tracing); it is in the command, so replay agrees
+            headers={**trace_headers(self._info.headers if self._info else None), **(headers or {})},
             schedule_to_close_timeout=_seconds(schedule_to_close_timeout),
             schedule_to_start_timeout=_seconds(schedule_to_start_timeout),
             start_to_close_timeout=_seconds(start_to_close_timeout),
@@ -1237,7 +1280,8 @@ class WorkflowInstance(asyncio.AbstractEventLoop):
                 # The activity's outcome (often ActivityError(cause=CancelledError)) is what we raise.
                 self._cancel_activity(state)
 
-    def _cancel_activity(self, state: _ActivityState) -> None:
+    def _cancel_activity(self, state: _ActivityState, error: BaseException | None = None) -> None:
+        """Cancel an activity; ``error`` (default: its cancelled error) is what awaiting it raises."""
         if state.future.done() or state.cancel_requested:
             return
         state.cancel_requested = True
@@ -1245,15 +1289,15 @@ class WorkflowInstance(asyncio.AbstractEventLoop):
             # A local activity runs between loop iterations: if it has not run yet, drop it.
             if state in self._local_pending:
                 self._local_pending.remove(state)
-            state.future.set_exception(state.cancelled_error())
+            state.future.set_exception(error or state.cancelled_error())
             return
         if self._remove_unsent(state.pending) or state.cancellation_type == ActivityCancellationType.ABANDON:
-            state.future.set_exception(state.cancelled_error())
+            state.future.set_exception(error or state.cancelled_error())
             return
         if state.scheduled_event_id is not None:
             self._add_command(cmd.RequestCancelActivityTask(scheduled_event_id=state.scheduled_event_id))
         if state.cancellation_type == ActivityCancellationType.TRY_CANCEL or state.scheduled_event_id is None:
-            state.future.set_exception(state.cancelled_error())
+            state.future.set_exception(error or state.cancelled_error())
 
     def _resolve_activity(
         self,
