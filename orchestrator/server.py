@@ -32,6 +32,7 @@ import uvicorn
 from brokers.base import Broker, BrokerError
 from brokers.memory import MemoryBroker
 from orchestrator.api.events import HistoryEvent
+from orchestrator.archival import ArchivalService
 from orchestrator.dynamic_config import DynamicConfig, start_for_orchestrator
 from orchestrator.errors import (
     ConfigurationError,
@@ -44,7 +45,7 @@ from orchestrator.history.service import HistoryService, SystemClock
 from orchestrator.history.stream import HistoryStreamPublisher
 from orchestrator.logging import json_logging_enabled
 from orchestrator.matching.processor import CompletionHandler, TransferQueueProcessor
-from orchestrator.metrics import METRICS, unwatch_backlog, watch_backlog
+from orchestrator.metrics import METRICS, instrument_broker, unwatch_backlog, watch_backlog
 from orchestrator.namespaces import NamespaceDefaults, NamespaceRegistry
 from orchestrator.persistence import base as store_base
 from orchestrator.persistence._instrumented import InstrumentedHistoryStore
@@ -179,8 +180,10 @@ class Orchestrator:
             from brokers.base import open_broker
 
             self.broker = await open_broker(cfg.broker_url)
+        instrument_broker(self.broker, cfg.broker_url.split(":", 1)[0].replace("local", "memory"))
         secret = cfg.token_secret or os.environ.get("SAGAS_TOKEN_SECRET", "") or f"dev:{cfg.store_url}"
         token_key = hashlib.sha256(secret.encode()).digest()
+        self.token_key = token_key
         self.history = HistoryService(self.store, clock=self.clock, num_shards=cfg.num_shards)
         self.history.engine.retention_days = cfg.retention_days
         self.namespaces = NamespaceRegistry(
@@ -193,6 +196,8 @@ class Orchestrator:
             ),
         )
         await self.namespaces.load()
+        self.archival = ArchivalService(self.namespaces.archival_uris)
+        self.namespaces.check_archival_uri = self.archival.check_uri  # syntax, and the archive is reachable
         self.history.engine.retention_of = self.namespaces.retention_days
         self.history.history_limits = self.namespaces.history_limits
         if cfg.cluster is None:
@@ -218,6 +223,7 @@ class Orchestrator:
             # delete a closed run's history right after it closed, before the test could read it.
             self.history.engine.retention_of = lambda namespace: math.inf
         self.timers = TimerQueueProcessor(self.history, idle=idle)
+        self.timers.archival = self.archival
         self.history.transfer_sink = self.matching
         self.history.timer_sink = self.timers
         self.visibility = Visibility(self.store)
@@ -231,10 +237,12 @@ class Orchestrator:
             self.dynamic_config = await start_for_orchestrator(self, cfg.dynamic_config_path)
 
     async def _join_cluster(self, options: ClusterOptions) -> None:
+        from orchestrator.matching.cross_shard import CrossShardClient
         from orchestrator.membership import ShardController, ShardRouter
 
         self.router = ShardRouter(self.history)
         self.completions.forward = self._forward_reply
+        self.matching.remote = CrossShardClient(self.router, self.token_key)
         if not self.config.history_enabled:
             await self.router.refresh()
             return
@@ -288,6 +296,7 @@ class Orchestrator:
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        await self.archival.aclose()
         if self.router is not None:
             await self.router.aclose()
         await self.store.aclose()

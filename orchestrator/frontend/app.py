@@ -30,6 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from brokers import envelope as env
+from brokers import tracing
 from brokers.base import Delivery
 from orchestrator.api import http as H
 from orchestrator.errors import (
@@ -54,6 +55,7 @@ from orchestrator.frontend.codec import add_codec_routes, codec_lookup
 from orchestrator.frontend.ratelimit import NamespaceRateLimiter
 from orchestrator.history.engine import StartRequest
 from orchestrator.history.state import ExecutionState
+from orchestrator.matching import cross_shard
 from orchestrator.membership import FORWARDED_HEADER
 
 if TYPE_CHECKING:
@@ -94,10 +96,10 @@ def _info(s: ExecutionState) -> H.WorkflowExecutionInfo:
 
 
 _ERROR_RESPONSES = (
-    (400, "Invalid request (`invalid_argument`, `malformed_json`, `invalid_task_token`, `query_failed`, `update_rejected`)"),
+    (400, "Invalid request (`invalid_argument`, `malformed_json`, `invalid_task_token`, `query_failed`, `update_rejected`, `archival_not_enabled`)"),
     (401, "No or invalid credentials (`unauthenticated`)"),
     (403, "Not allowed (`permission_denied`)"),
-    (404, "Unknown namespace or workflow (`namespace_not_found`, `workflow_not_found`)"),
+    (404, "Unknown namespace or workflow (`namespace_not_found`, `workflow_not_found`, `workflow_not_archived`)"),
     (409, "Conflict (`workflow_already_started`, `workflow_not_running`, `stale_task`, `namespace_already_exists`)"),
     (413, "Payload or body too large (`payload_too_large`)"),
     (429, "Namespace rate limit (`rate_limited`, with `Retry-After`)"),
@@ -295,6 +297,14 @@ def create_app(orc: Orchestrator) -> FastAPI:
     @app.post("/api/v1/namespaces/{ns}/workflows", response_model=H.StartWorkflowResponse, dependencies=[write])
     async def start_workflow(ns: str, body: H.StartWorkflowRequest) -> H.StartWorkflowResponse:
         orc.check_payload(body.input, "workflow input", ns)
+        with tracing.span(f"StartWorkflowExecution:{body.workflow_type}", parent=body.headers, kind="server",
+                          attributes={"sagas.namespace": ns, "sagas.workflow_id": body.workflow_id}):  # fmt: skip
+            return await _start_workflow(ns, body)
+
+    async def _start_workflow(ns: str, body: H.StartWorkflowRequest) -> H.StartWorkflowResponse:
+        headers = dict(body.headers)
+        if tracing.trace_headers(headers):  # the run hangs below this server span, not the client's
+            tracing.inject(headers)
         req = StartRequest(
             namespace=ns,
             workflow_id=body.workflow_id,
@@ -312,6 +322,7 @@ def create_app(orc: Orchestrator) -> FastAPI:
             search_attributes=body.search_attributes,
             start_delay=body.start_delay,
             identity=body.identity,
+            headers=headers,
         )
         if body.signal is not None:
             orc.check_payload(body.signal.input, "signal input", ns)
@@ -377,6 +388,22 @@ def create_app(orc: Orchestrator) -> FastAPI:
         token = str(events[page_size].event_id) if len(events) > page_size else None
         return H.HistoryResponse(events=[e.model_dump(mode="json") for e in events[:page_size]], next_page_token=token)
 
+    @app.get(
+        "/api/v1/namespaces/{ns}/archived-workflows/{wid}/history", response_model=H.ArchivedHistoryResponse,
+        dependencies=[read],
+    )
+    async def get_archived_history(ns: str, wid: str, run_id: str = "") -> H.ArchivedHistoryResponse:
+        """A run's history from the namespace's archive (after retention deleted it from the store)."""
+        doc = await orc.archival.read_history(ns, wid, run_id or None)
+        return H.ArchivedHistoryResponse(
+            namespace=doc.namespace,
+            workflow_id=doc.workflow_id,
+            run_id=doc.run_id,
+            archived_at=doc.archived_at,
+            info=H.WorkflowExecutionInfo(**doc.visibility) if doc.visibility else None,
+            events=doc.events,
+        )
+
     @app.get("/api/v1/namespaces/{ns}/workflows/{wid}/result", response_model=H.WorkflowResultResponse, dependencies=[read])
     async def result(ns: str, wid: str, run_id: str = "", wait: float = 20.0) -> H.WorkflowResultResponse:
         s = await history.wait_for(ns, wid, run_id, lambda st: not st.is_open, min(max(wait, 0.0), 60.0))
@@ -405,6 +432,33 @@ def create_app(orc: Orchestrator) -> FastAPI:
             lambda s, now: engine.terminate(s, now=now, reason=body.reason, details=body.details, identity=body.identity),
         )
         return H.Ack()
+
+    @permission_check
+    async def cluster_member(request: Request) -> None:
+        """Authorizes internal calls: signed with the cluster's token key (no user credentials)."""
+        body = request.scope.get(_BODY_KEY) or await request.body()
+        if not cross_shard.verify(orc.token_key, body, request.headers.get(cross_shard.SIGNATURE_HEADER, "")):
+            raise UnauthenticatedError("internal cluster call with a missing or wrong signature")
+
+    @app.post(cross_shard.PATH, response_model=cross_shard.HistoryOpResult, include_in_schema=False,
+              dependencies=[Depends(cluster_member)])  # fmt: skip
+    async def internal_history(request: Request) -> cross_shard.HistoryOpResult:
+        """An operation on a workflow of this process's shards, from another member of the cluster
+        (``orchestrator/matching/cross_shard.py``)."""
+        body = request.scope.get(_BODY_KEY) or await request.body()
+        try:
+            op = cross_shard.HistoryOp.model_validate_json(body)
+        except ValueError as exc:
+            raise InvalidArgumentError(f"bad internal history operation: {exc}") from exc
+        return await cross_shard.apply(history, op)
+
+    @app.post("/api/v1/namespaces/{ns}/workflows/{wid}/reset", response_model=H.ResetWorkflowResponse, dependencies=[write])
+    async def reset(ns: str, wid: str, body: H.ResetWorkflowRequest) -> H.ResetWorkflowResponse:
+        run_id = await history.reset(
+            ns, wid, body.run_id, event_id=body.event_id, reset_type=body.reset_type, reason=body.reason,
+            identity=body.identity, reapply_signals=body.reapply_signals,
+        )  # fmt: skip
+        return H.ResetWorkflowResponse(run_id=run_id)
 
     @app.post("/api/v1/namespaces/{ns}/workflows/{wid}/query", response_model=H.QueryWorkflowResponse, dependencies=[read])
     async def query(ns: str, wid: str, body: H.QueryWorkflowRequest) -> H.QueryWorkflowResponse:
@@ -511,8 +565,33 @@ def create_app(orc: Orchestrator) -> FastAPI:
         return H.Ack()
 
     @app.post("/api/v1/queues/{queue}/publish", response_model=H.PublishResponse, dependencies=[on_queue("publish")])
-    async def publish(queue: str, body: H.PublishRequest) -> H.PublishResponse:
+    async def publish(queue: str, body: H.PublishRequest, request: Request) -> H.PublishResponse:
+        if body.fallback is not None:
+            _check_sticky(queue, body.fallback, request)
+            message_id = await broker.publish_sticky(queue, body.fallback, body.body.encode(), body.headers)
+            return H.PublishResponse(message_id=message_id)
         return H.PublishResponse(message_id=await broker.publish(queue, body.body.encode(), body.headers))
+
+    def _check_sticky(queue: str, fallback: str, request: Request) -> None:
+        """A sticky queue and its fallback: ``{prefix}.{ns}.sticky.*`` and ``{prefix}.{ns}.*.wf``, one namespace."""
+        parts, target = queue.split(".", 3), fallback.split(".", 2)
+        if len(parts) < 4 or parts[2] != "sticky" or parts[:2] != target[:2] or not fallback.endswith(".wf"):
+            raise InvalidArgumentError(
+                f"{queue!r} with fallback {fallback!r} is not a sticky queue and a workflow task queue of one "
+                f"namespace ({orc.prefix}.NS.sticky.WORKER and {orc.prefix}.NS.TASK_QUEUE.wf)"
+            )
+        auth.require(caller(request), queue_target(orc.prefix, fallback, "publish"))
+
+    @app.post("/api/v1/queues/{queue}/sticky", response_model=H.Ack, dependencies=[on_queue("receive")])
+    async def declare_sticky(queue: str, body: H.StickyQueueRequest, request: Request) -> H.Ack:
+        _check_sticky(queue, body.fallback, request)
+        await broker.declare_sticky_queue(queue, fallback=body.fallback, timeout=min(max(body.timeout, 0.1), 600.0))
+        return H.Ack()
+
+    @app.delete("/api/v1/queues/{queue}/sticky", response_model=H.Ack, dependencies=[on_queue("receive")])
+    async def delete_sticky(queue: str) -> H.Ack:
+        await broker.delete_sticky_queue(queue)
+        return H.Ack()
 
     @app.get("/api/v1/dlq", response_model=H.DeadLettersResponse, dependencies=[on_cluster(Target.on_cluster(Permission.ADMIN))])
     async def dlq(limit: int = 100) -> H.DeadLettersResponse:

@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.membership import assign_shards
-from orchestrator.persistence.base import HistoryStore, open_store
+from orchestrator.persistence.base import HistoryStore, open_store, shard_for
+from sagas import workflow
 from sagas.client import Client
 from sagas.exceptions import WorkflowFailureError
 from sagas.worker import Worker
@@ -166,11 +167,12 @@ async def test_three_processes_share_shards_and_survive_a_sigkill(
             joiner = ClusterProcess("orc-4", config, tmp_path)
             procs.append(joiner)
             joining = asyncio.create_task(joiner.start())  # joins while the survivors take over
-            # Usually the lease plus one renewal period (about 3-4 s). But when the kill lands inside
-            # an open MongoDB transaction of the victim, that transaction keeps its write lock on the
-            # shard's fence documents until the server aborts it (transactionLifetimeLimitSeconds,
-            # 60 s by default), and the takeover conflicts until then: allow for it, and report it.
-            reowned = await _wait_all_owned(store, without=victim.name, timeout=75.0, since=killed_at)
+            # The lease plus one renewal period (about 3-4 s). When the kill lands inside an open
+            # MongoDB transaction of the victim, that transaction keeps its write lock on the shard's
+            # fence documents until the server aborts it (transactionLifetimeLimitSeconds, 60 s by
+            # default); the new owner kills the victim's server sessions (killSessions) so it need
+            # not wait for that. The bound is far below 60 s: a takeover that waits fails here.
+            reowned = await _wait_all_owned(store, without=victim.name, timeout=5 * LEASE, since=killed_at)
             print(f"shards of the SIGKILLed process re-owned {reowned:.2f} s after the kill (lease {LEASE} s)")
             await joining
 
@@ -205,6 +207,120 @@ async def test_three_processes_share_shards_and_survive_a_sigkill(
         if client is not None:
             await client.close()
         await services.stop()
+        for p in procs:
+            p.stop()
+        await store.aclose()
+
+
+# -- workflows that reach across shards ------------------------------------------------------------
+
+
+@workflow.defn
+class CrossChild:
+    @workflow.run
+    async def run(self, n: int) -> int:
+        return n * 10
+
+
+@workflow.defn
+class CrossForever:
+    @workflow.run
+    async def run(self) -> None:
+        await workflow.wait_condition(lambda: False)
+
+
+@workflow.defn
+class CrossWaiter:
+    def __init__(self) -> None:
+        self.got: str | None = None
+
+    @workflow.signal
+    def poke(self, value: str) -> None:
+        self.got = value
+
+    @workflow.run
+    async def run(self) -> str:
+        await workflow.wait_condition(lambda: self.got is not None)
+        assert self.got is not None
+        return self.got
+
+
+@workflow.defn
+class CrossParent:
+    @workflow.run
+    async def run(self, children: list[str], forever: str, waiter: str, doomed: str) -> int:
+        await workflow.start_child_workflow(CrossForever.run, id=forever,
+                                            parent_close_policy=workflow.ParentClosePolicy.TERMINATE)  # fmt: skip
+        await workflow.get_external_workflow_handle(waiter).signal(CrossWaiter.poke, "from the parent")
+        await workflow.get_external_workflow_handle(doomed).cancel()
+        results = [await workflow.execute_child_workflow(CrossChild.run, i, id=c) for i, c in enumerate(children)]
+        return sum(results)
+
+
+def _ids_on(owner: str, owners: dict[int, str], prefix: str, count: int) -> list[str]:
+    out, i = [], 0
+    while len(out) < count:
+        wid = f"{prefix}-{i}"
+        if owners[shard_for("default", wid, SHARDS)] == owner:
+            out.append(wid)
+        i += 1
+    return out
+
+
+async def test_children_signals_cancels_and_closes_cross_processes(
+    rabbitmq_server: object, tmp_path: Path  # noqa: F811
+) -> None:
+    """A parent on one process starts children, signals and cancels workflows, all on shards another
+    process owns, and its close terminates a child there: each is sent to the owner at once
+    (``orchestrator/matching/cross_shard.py``), not left in the outbox."""
+    mongo = mongo_server_url(f"cross{uuid.uuid4().hex[:8]}")
+    broker = f"{rabbitmq_server.url}?prefix=cx{uuid.uuid4().hex[:6]}"  # type: ignore[attr-defined]
+    config = tmp_path / "cluster.yaml"
+    config.write_text(CONFIG.format(shards=SHARDS, mongo=mongo, broker=broker, lease=LEASE))
+    procs = [ClusterProcess(f"cx-{i}", config, tmp_path) for i in range(1, 3)]
+    store = await open_store(mongo)
+    client: Client | None = None
+    try:
+        await asyncio.gather(*(p.start() for p in procs))
+        await _wait_settled(store, [p.name for p in procs], timeout=4 * LEASE)
+        owners = await _owners(store)
+        [parent_id] = _ids_on("cx-1", owners, "parent", 1)
+        children = _ids_on("cx-2", owners, "child", 3)
+        forever, waiter, doomed = (_ids_on("cx-2", owners, name, 1)[0] for name in ("forever", "waiter", "doomed"))
+        client = await Client.connect(procs[0].target)
+        async with Worker(client, task_queue="cross", workflows=[CrossParent, CrossChild, CrossForever, CrossWaiter]):
+            waiting = await client.start_workflow(CrossWaiter.run, id=waiter, task_queue="cross")
+            doomed_handle = await client.start_workflow(CrossWaiter.run, id=doomed, task_queue="cross")
+            began = time.monotonic()
+            parent = await client.start_workflow(
+                CrossParent.run, args=[children, forever, waiter, doomed], id=parent_id, task_queue="cross"
+            )
+            # The outbox sweep runs every 5 s and never helps here (no process owns both shards):
+            # without forwarding, the first child start would wait forever.
+            assert await asyncio.wait_for(parent.result(), 30) == 0 + 10 + 20
+            took = time.monotonic() - began
+            print(f"\nparent with 3 cross-process children, a signal and a cancel closed in {took:.2f} s")
+            assert await asyncio.wait_for(waiting.result(), 30) == "from the parent"
+            with pytest.raises(WorkflowFailureError):  # cancelled from the other shard
+                await asyncio.wait_for(doomed_handle.result(), 30)
+
+            async def terminated() -> str:
+                while True:
+                    status = (await client.get_workflow_handle(forever).describe()).status.name
+                    if status != "RUNNING":
+                        return status
+                    await asyncio.sleep(0.1)  # polling the child's status
+
+            assert await asyncio.wait_for(terminated(), 30) == "TERMINATED"  # the parent's close policy
+        for wid in children:
+            current = await store.get_current_run("default", wid)
+            assert current is not None and current.status == "Completed", wid
+            events = await store.read_events("default", wid, current.run_id)
+            started = events[0]
+            assert started.parent is not None and started.parent.workflow_id == parent_id  # type: ignore[attr-defined]
+    finally:
+        if client is not None:
+            await client.close()
         for p in procs:
             p.stop()
         await store.aclose()
