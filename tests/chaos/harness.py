@@ -284,8 +284,15 @@ class TripSystem:
         orchestrator answers: a service's first act is to reach it)."""
         proc = self.worker if name == "worker" else self.services[name]
         await proc.kill9()
-        await self.wait_serving()
-        await proc.start()
+        for attempt in range(1, 6):  # like a supervisor's restart policy
+            await self.wait_serving()
+            try:
+                await proc.start()
+                return
+            except RuntimeError:  # exited at start: the orchestrator went down again meanwhile
+                if attempt == 5:
+                    raise
+                self.timeline.note(f"{name} exited while starting (orchestrator restarting?); starting it again")
 
     # -- load ----------------------------------------------------------------------------------
 

@@ -1,150 +1,69 @@
-"""Sagas against real processes while the fault schedule kills, pauses and lies to them.
+"""Sagas against real processes while a seeded random schedule kills, pauses and lies to them.
 
 The orchestrator (``sagas server start-dev`` on a SQLite file), the three
-booking services and the SDK worker each run as their own process. While 45
-trip sagas run (a third of them to Atlantis, so they compensate), the schedule
-SIGKILLs and restarts the orchestrator twice, the worker once and the car
-service once, SIGSTOPs the worker past its workflow-task timeout and the hotel
-service past its activities' start-to-close timeout, and the services fail
-20% of their requests. After the last restart it poisons queues and publishes
-duplicate and out-of-order replies for tasks that were already closed. Once
-everything settled, :mod:`tests.chaos.invariants` checks what the histories,
-the ledgers and the DLQ say.
+booking services and the SDK worker each run as their own process. While 200
+trip sagas run (a third of them to Atlantis, so they compensate), the
+schedule of :data:`tests.chaos.campaign.SHORT` SIGKILLs and restarts the
+orchestrator, the worker and services, SIGSTOPs the worker past its
+workflow-task timeout and services past their activities' start-to-close
+timeout, and the services fail 20% of their requests. After the last restart
+it poisons queues and publishes duplicate and out-of-order replies for tasks
+that were already closed. Once everything settled, :mod:`tests.chaos.invariants`
+checks what the histories, the ledgers and the DLQ say.
+
+The seed is printed; ``CHAOS_SEED=<seed>`` reruns the same schedule.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
 from pathlib import Path
 
 import pytest
 
-from sagas.client import Client
-from tests.chaos.harness import Step, TripSystem, run_schedule, saga_specs
-from tests.chaos.invariants import (
-    assert_no_violations,
-    check,
-    describe_unsettled,
-    fault_evidence,
-    snapshot,
-    wait_settled,
-)
-from tests.e2e.conftest import ServerProcess, free_port
+from tests.chaos.campaign import FAULT_KINDS, LONG, SERVICE_PAUSE, SHORT, plan, run_campaign, seed_from_env
+from tests.chaos.invariants import assert_no_violations
 
 SEED = 20260517
-SAGAS = 45
-SECRET = "chaos-token-secret"
-TASK_TIMEOUT = 3.0
-"""Workflow-task timeout of the sagas (seconds): the worker's pause outlasts it."""
-STEP_TIMEOUT = 10.0
-"""``TripBooking``'s start-to-close timeout: the hotel service's pause outlasts it."""
-HOTEL_PAUSE = STEP_TIMEOUT + 4.0
-"""Hotel tasks dispatched in the pause's first 4 s (the worker runs then) time out before it ends."""
-WORKER_PAUSE = TASK_TIMEOUT + 1.5
-
-pytestmark = [pytest.mark.chaos, pytest.mark.timeout(240)]
 
 
-async def wait_for_stale_drops(
-    system: TripSystem, baseline: float, published: int, timeout: float = 30.0
-) -> str | None:
-    """Poll the server's stale-reply counter until it counted every injected reply."""
-    deadline = time.monotonic() + timeout
-    while (seen := await system.stale_rejections()) < baseline + published:
-        if time.monotonic() > deadline:
-            return f"only {seen - baseline:.0f} of {published} injected stale replies were counted as dropped"
-        await asyncio.sleep(0.1)
-    return None
+def test_a_plan_is_reproducible_and_never_overlaps_faults_on_one_process() -> None:
+    for campaign in (SHORT, LONG):
+        faults = plan(campaign, SEED)
+        assert faults == plan(campaign, SEED)
+        assert faults != plan(campaign, SEED + 1)
+        assert sum(1 for f in faults) == sum(campaign.faults.values())
+        assert {f.kind for f in faults} == set(FAULT_KINDS)
+        window = campaign.sagas * campaign.interval
+        last_kill = max(f.at for f in faults if f.kind == "kill orchestrator")
+        for f in faults:
+            assert 0 < f.at <= window
+            if f.kind in ("poison", "stale replies"):
+                assert f.at > last_kill
+        by_target: dict[str, list[float]] = {}
+        for f in faults:
+            if f.target:
+                by_target.setdefault(f.target, []).append(f.at)
+        for target, times in by_target.items():
+            gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+            assert all(g >= 4.0 for g in gaps), (target, gaps)  # a restart slot at least
 
 
-async def test_sagas_finish_or_compensate_under_process_faults(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv(
-        "SAGAS_TOKEN_SECRET", SECRET
-    )  # the server signs task tokens with it: we forge stale ones
-    server = ServerProcess(tmp_path / "history.db", free_port(), tmp_path)
-    await asyncio.to_thread(server.start)
-    system = TripSystem(
-        tmp_path, f"127.0.0.1:{server.port}", seed=SEED, secret=SECRET, task_timeout=TASK_TIMEOUT
-    )
-    client: Client | None = None
-    problems: list[str] = []
-    try:
-        await system.start()
-        client = await Client.connect(system.target)
-        specs = saga_specs(SAGAS, SEED)
-        timeline = system.timeline
+def test_a_plan_that_cannot_fit_says_so() -> None:
+    crowded = SHORT.__class__(sagas=10, interval=0.1, faults={"pause service": 50}, settle_timeout=10)
+    with pytest.raises(ValueError, match="no room for .*'pause service'"):
+        plan(crowded, SEED)
+    assert SERVICE_PAUSE > 10  # so the crowding above is real
 
-        last_restart_done = asyncio.Event()
 
-        async def restart_server(last: bool = False) -> None:
-            await asyncio.to_thread(server.kill9)
-            await asyncio.to_thread(server.start)
-            if last:
-                last_restart_done.set()
-
-        async def pause(proc_pause: float, name: str) -> None:
-            proc = system.worker if name == "worker" else system.services[name]
-            proc.pause()
-            await asyncio.sleep(proc_pause)  # the fault itself: stay stopped this long
-            proc.resume()
-
-        async def poison() -> None:
-            await last_restart_done.wait()  # the DLQ lives in the server's memory: poison the last one
-            await system.poison()
-
-        async def mid_flight_replies() -> None:
-            await last_restart_done.wait()  # so the server that counts the drops is the one we ask
-            baseline = await system.stale_rejections()
-            published = await system.inject_stale_replies(sorted(system.started)[:15])
-            if problem := await wait_for_stale_drops(system, baseline, published):
-                problems.append(f"mid-flight: {problem}")
-
-        steps = [
-            Step(1.0, "SIGKILL + restart orchestrator (1)", restart_server),
-            Step(3.5, f"SIGSTOP hotel service {HOTEL_PAUSE:.0f}s (past start-to-close)", lambda: pause(HOTEL_PAUSE, "hotel")),
-            Step(6.5, "SIGKILL + restart car service", lambda: system.restart("car")),
-            Step(8.0, "SIGKILL + restart worker", lambda: system.restart("worker")),
-            Step(10.5, f"SIGSTOP worker {WORKER_PAUSE:.1f}s (past workflow-task timeout)", lambda: pause(WORKER_PAUSE, "worker")),
-            Step(18.5, "SIGKILL + restart orchestrator (2)", lambda: restart_server(last=True)),
-            Step(20.5, "poison queues", poison),
-            Step(20.5, "duplicate/reordered replies mid-flight", mid_flight_replies),
-        ]  # fmt: skip
-        load = asyncio.create_task(system.start_sagas(client, specs, interval=0.25))
-        await run_schedule(steps, timeline)
-        await load
-
-        statuses = await wait_settled(system.base_url, [s.workflow_id for s in specs], timeout=60)
-        timeline.note(f"settled: {sorted(statuses.values()).count('Completed')} completed, "
-                      f"{sorted(statuses.values()).count('Failed')} failed")  # fmt: skip
-
-        baseline = await system.stale_rejections()
-        published = await system.inject_stale_replies([s.workflow_id for s in specs])
-        if problem := await wait_for_stale_drops(system, baseline, published):
-            problems.append(f"after settling: {problem}")
-        problems += [f"a stale reply POSTed to /tasks/complete got {a} (want 409 stale_task)"
-                     for a in system.http_stale_answers if a != "409 stale_task"]  # fmt: skip
-
-        timeline.note("checking invariants")
-        snap = await snapshot(system.base_url, specs, tmp_path)
-        violations = await check(snap, specs, poisoned=system.poisoned)
-        violations += problems + system.crashed()
-        if server.proc is None or server.proc.poll() is not None:
-            violations.append("the orchestrator died on its own")
-        evidence = fault_evidence(snap)
-        timeline.note(f"checked; traces of the faults in the histories: {dict(evidence)}")
-        unsettled = await describe_unsettled(system.base_url, snap)
-        print(timeline)  # shown with the test's output when something else fails
-        assert_no_violations(violations, context=f"{timeline}\n{unsettled}\n{system.logs()}\n--- server.log ---\n"
-                             f"{(tmp_path / 'server.log').read_text(errors='replace')[-3000:]}")  # fmt: skip
-        assert evidence["workflow task timeouts"] >= 1, evidence  # the worker's kill and pause
-        assert evidence["book_hotel attempts timed out"] >= 1, evidence  # the hotel's pause
-        assert evidence["activities retried"] >= 1 and evidence["compensations completed"] >= 1, evidence
-        assert sum(s == "Completed" for s in statuses.values()) >= SAGAS // 2, statuses  # the load really ran
-    finally:
-        if client is not None:
-            await client.close()
-        await system.stop()
-        await asyncio.to_thread(server.stop)
+@pytest.mark.chaos
+@pytest.mark.timeout(420)
+async def test_sagas_finish_or_compensate_under_a_random_fault_schedule(tmp_path: Path) -> None:
+    seed = seed_from_env(SEED)
+    print(f"chaos seed {seed}: rerun with CHAOS_SEED={seed}")
+    result = await run_campaign(tmp_path, SHORT, seed)
+    print(result.report.split("\n---", 1)[0])  # the timeline, shown with the test's output
+    assert_no_violations(result.violations, context=result.report)
+    assert result.faults == {k: n for k, n in SHORT.faults.items() if n}, result.faults  # every fault ran
+    assert result.evidence["workflow task timeouts"] >= 1, result.evidence  # worker kills and pauses
+    assert result.evidence["activities retried"] >= 1 and result.evidence["compensations completed"] >= 1
+    assert result.statuses["Completed"] >= SHORT.sagas // 2, result.statuses  # the load really ran
