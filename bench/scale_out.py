@@ -39,23 +39,12 @@ from bench.systems import ManagedProcess, free_port, harness_cpu, parse_counters
 from bench.workloads import build
 from orchestrator.membership import assign_shards
 from orchestrator.persistence.base import HistoryStore, open_store
+from tests.e2e.test_scale_out import (
+    CONFIG as CLUSTER_CONFIG,  # the same cluster config the scale-out test runs
+)
 
 RESULTS = Path(__file__).parent / "results"
 SHARDS = 8
-CONFIG = """
-services: [frontend, history, matching, timers]
-persistence:
-  numHistoryShards: {shards}
-  defaultStore: main
-  visibilityStore: main
-  datastores:
-    main:
-      mongodb: {{url: "{mongo}"}}
-broker: {{url: "{broker}"}}
-frontend: {{host: 127.0.0.1, port: 7233}}
-cluster: {{leaseSeconds: 5}}
-log: {{level: warning}}
-"""
 
 
 class ClusterSystem:
@@ -68,7 +57,7 @@ class ClusterSystem:
         self.n, self.mongo, self.tmp = n, mongo, tmp
         self.workloads = build(sagas)
         config = tmp / f"cluster-{n}.yaml"
-        config.write_text(CONFIG.format(shards=SHARDS, mongo=mongo, broker=broker))
+        config.write_text(CLUSTER_CONFIG.format(shards=SHARDS, mongo=mongo, broker=broker, lease=5))
         self.ports = [free_port() for _ in range(n)]
         self.servers: list[ManagedProcess] = []
         self.ready = [tmp / f"orc-{n}-{i}.ready" for i in range(n)]
@@ -168,7 +157,7 @@ def _infra_cpu(pids: dict[str, int]) -> dict[str, float]:
 async def measure(n: int, args: argparse.Namespace, mongo_base: str, rabbit_url: str, infra: dict[str, int]) -> dict[str, Any]:
     tag = uuid.uuid4().hex[:6]
     mongo = mongo_base.replace("/DBNAME?", f"/scale{n}_{tag}?")
-    broker = f"{rabbit_url}?prefix=bso{n}{tag}&prefetch=32"
+    broker = f"{rabbit_url}?prefix=bench&prefetch=32"  # one dead-letter prefix: every round shares sagas.completions
     store = await open_store(mongo)
     with tempfile.TemporaryDirectory(prefix=f"bench-scale-{n}-") as tmp:
         system = ClusterSystem(n, mongo, broker, Path(tmp), args.max_concurrent)

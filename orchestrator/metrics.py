@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import time
 import weakref
 from collections.abc import Iterator
@@ -112,11 +113,13 @@ METRICS = _Metrics(
     ),
 )
 
-BROKER_OPERATIONS = ("publish", "ack", "nack")
+BROKER_OPERATIONS = ("publish", "publish_sticky", "ack", "nack")
+_TIMING: contextvars.ContextVar[bool] = contextvars.ContextVar("sagas_broker_timing", default=False)
+"""Set inside a timed broker call: a nested one (publish_sticky falling back to publish) is not counted twice."""
 
 
 def instrument_broker(broker: Any, scheme: str) -> None:
-    """Time ``broker``'s publish, ack and nack in ``sagas_broker_operation_seconds``.
+    """Time ``broker``'s publish, publish_sticky, ack and nack in ``sagas_broker_operation_seconds``.
 
     The broker is wrapped in place (its bound methods are replaced), so it keeps its class and
     everything that checks it (the built-in broker's backlog gauge, the dev server's idle check)
@@ -134,6 +137,9 @@ def instrument_broker(broker: Any, scheme: str) -> None:
             continue
 
         async def timed(*args: Any, _inner: Any = inner, _op: str = op, **kwargs: Any) -> Any:
+            if _TIMING.get():
+                return await _inner(*args, **kwargs)
+            token = _TIMING.set(True)
             began = time.perf_counter()
             outcome = "error"
             try:
@@ -141,6 +147,7 @@ def instrument_broker(broker: Any, scheme: str) -> None:
                 outcome = "ok"
                 return result
             finally:
+                _TIMING.reset(token)
                 METRICS.broker_operation.labels(scheme, _op, outcome).observe(time.perf_counter() - began)
 
         timed._sagas_timed = True  # type: ignore[attr-defined]

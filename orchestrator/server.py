@@ -26,6 +26,7 @@ import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import uvicorn
 
@@ -167,6 +168,12 @@ class Orchestrator:
 
     async def start(self) -> None:
         cfg = self.config
+        if cfg.time_skipping and not cfg.broker_url.startswith(("local://", "memory://")):
+            where = urlsplit(cfg.broker_url)
+            raise ConfigurationError(
+                f"time skipping needs the built-in broker (local:// or memory://), not {where.scheme}://{where.hostname}: "
+                "the server skips time only when it sees every queue idle, which it cannot see on an external broker"
+            )
         self.raw_store = await open_store(cfg.store_url)
         if cfg.store_wrapper is not None:
             self.raw_store = cfg.store_wrapper(self.raw_store)

@@ -33,9 +33,9 @@ from orchestrator.errors import (
     UnavailableError,
     WorkflowNotArchivedError,
 )
+from orchestrator.history.engine import visibility_of
 from orchestrator.history.state import ExecutionState
 from orchestrator.metrics import METRICS
-from orchestrator.persistence.base import VisibilityRecord
 
 log = logging.getLogger("sagas.archival")
 
@@ -61,25 +61,6 @@ class ArchivedHistory(BaseModel):
     visibility: dict[str, Any] | None = None
     """The run's :class:`~orchestrator.persistence.base.VisibilityRecord` as a dict."""
     events: list[dict[str, Any]] = Field(default_factory=list)
-
-
-def visibility_of(state: ExecutionState) -> VisibilityRecord:
-    """The visibility record of a run, from its state (what the store's visibility row holds)."""
-    return VisibilityRecord(
-        namespace=state.namespace,
-        workflow_id=state.workflow_id,
-        run_id=state.run_id,
-        workflow_type=state.workflow_type,
-        task_queue=state.task_queue,
-        status=str(state.status),
-        start_time=state.start_time,
-        execution_time=state.execution_time,
-        close_time=state.close_time,
-        history_length=state.next_event_id - 1,
-        search_attributes=dict(state.search_attributes),
-        memo=dict(state.memo),
-        parent_workflow_id=state.parent.workflow_id if state.parent else None,
-    )
 
 
 def history_key(namespace: str, workflow_id: str, run_id: str) -> str:

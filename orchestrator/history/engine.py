@@ -272,23 +272,7 @@ class _Builder:
         s = self.state
         if self.needs_workflow_task:
             self.schedule_workflow_task()
-        vis = None
-        if self.visibility_changed:
-            vis = VisibilityRecord(
-                namespace=s.namespace,
-                workflow_id=s.workflow_id,
-                run_id=s.run_id,
-                workflow_type=s.workflow_type,
-                task_queue=s.task_queue,
-                status=str(s.status),
-                start_time=s.start_time,
-                execution_time=s.execution_time,
-                close_time=s.close_time,
-                history_length=s.next_event_id - 1,
-                search_attributes=dict(s.search_attributes),
-                memo=dict(s.memo),
-                parent_workflow_id=s.parent.workflow_id if s.parent else None,
-            )
+        vis = visibility_of(s) if self.visibility_changed else None
         return Mutation(
             state=s,
             expected_version=self.expected_version,
@@ -298,6 +282,31 @@ class _Builder:
             visibility=vis,
             **kwargs,
         )
+
+
+def visibility_of(s: ExecutionState) -> VisibilityRecord:
+    """The list API's row for a run, from its state (what the engine writes with each change).
+
+    Example::
+
+        record = visibility_of(state)
+        assert record.history_length == state.next_event_id - 1
+    """
+    return VisibilityRecord(
+        namespace=s.namespace,
+        workflow_id=s.workflow_id,
+        run_id=s.run_id,
+        workflow_type=s.workflow_type,
+        task_queue=s.task_queue,
+        status=str(s.status),
+        start_time=s.start_time,
+        execution_time=s.execution_time,
+        close_time=s.close_time,
+        history_length=s.next_event_id - 1,
+        search_attributes=dict(s.search_attributes),
+        memo=dict(s.memo),
+        parent_workflow_id=s.parent.workflow_id if s.parent else None,
+    )
 
 
 def activity_deadline(info: ActivityInfo) -> tuple[float, TimeoutType]:

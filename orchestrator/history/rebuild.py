@@ -42,7 +42,7 @@ from orchestrator.api.cron import cron_next_fire
 from orchestrator.api.enums import WorkflowExecutionStatus
 from orchestrator.api.history_check import HistoryIntegrityError, check_history
 from orchestrator.api.tasks import TimerKind, TimerTask, TransferKind, TransferTask
-from orchestrator.history.engine import activity_deadline
+from orchestrator.history.engine import activity_deadline, visibility_of
 from orchestrator.history.state import (
     ActivityInfo,
     ChildInfo,
@@ -56,7 +56,6 @@ from orchestrator.persistence.base import (
     ExecutionWrite,
     HistoryStore,
     NamespaceRecord,
-    VisibilityRecord,
     shard_for,
 )
 
@@ -284,25 +283,6 @@ def _apply(s: ExecutionState, ev: E.HistoryEvent, backoff: bool) -> None:  # noq
 
 def _close(s: ExecutionState, status: WorkflowExecutionStatus, now: float) -> None:
     s.status, s.close_time, s.workflow_task = status, now, None
-
-
-def visibility_of(s: ExecutionState) -> VisibilityRecord:
-    """The list API's row for a run (what the engine writes)."""
-    return VisibilityRecord(
-        namespace=s.namespace,
-        workflow_id=s.workflow_id,
-        run_id=s.run_id,
-        workflow_type=s.workflow_type,
-        task_queue=s.task_queue,
-        status=str(s.status),
-        start_time=s.start_time,
-        execution_time=s.execution_time,
-        close_time=s.close_time,
-        history_length=s.next_event_id - 1,
-        search_attributes=dict(s.search_attributes),
-        memo=dict(s.memo),
-        parent_workflow_id=s.parent.workflow_id if s.parent else None,
-    )
 
 
 def pending_tasks(

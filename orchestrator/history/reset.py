@@ -37,8 +37,8 @@ from typing import Any
 from orchestrator.api import events as E
 from orchestrator.api.common import Failure
 from orchestrator.errors import InvalidArgumentError
-from orchestrator.history.engine import Mutation, _ts
-from orchestrator.history.rebuild import fold_history, pending_tasks, visibility_of
+from orchestrator.history.engine import Mutation, _ts, visibility_of
+from orchestrator.history.rebuild import fold_history, pending_tasks
 
 RESET_TYPES = ("FirstWorkflowTask", "LastWorkflowTask")
 RESET_CAUSE = "ResetWorkflow"

@@ -134,7 +134,7 @@ async def test_three_processes_share_shards_and_survive_a_sigkill(
     rabbitmq_server: object, tmp_path: Path  # noqa: F811
 ) -> None:
     mongo = mongo_server_url(f"scale{uuid.uuid4().hex[:8]}")
-    broker = f"{rabbitmq_server.url}?prefix=so{uuid.uuid4().hex[:6]}&prefetch=16"  # type: ignore[attr-defined]
+    broker = f"{rabbitmq_server.url}?prefix=e2e&prefetch=16"  # type: ignore[attr-defined]
     config = tmp_path / "cluster.yaml"
     config.write_text(CONFIG.format(shards=SHARDS, mongo=mongo, broker=broker, lease=LEASE))
     procs = [ClusterProcess(f"orc-{i}", config, tmp_path) for i in range(1, 4)]
@@ -274,7 +274,7 @@ async def test_children_signals_cancels_and_closes_cross_processes(
     process owns, and its close terminates a child there: each is sent to the owner at once
     (``orchestrator/matching/cross_shard.py``), not left in the outbox."""
     mongo = mongo_server_url(f"cross{uuid.uuid4().hex[:8]}")
-    broker = f"{rabbitmq_server.url}?prefix=cx{uuid.uuid4().hex[:6]}"  # type: ignore[attr-defined]
+    broker = f"{rabbitmq_server.url}?prefix=e2e"  # type: ignore[attr-defined]
     config = tmp_path / "cluster.yaml"
     config.write_text(CONFIG.format(shards=SHARDS, mongo=mongo, broker=broker, lease=LEASE))
     procs = [ClusterProcess(f"cx-{i}", config, tmp_path) for i in range(1, 3)]

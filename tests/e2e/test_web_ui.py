@@ -255,7 +255,7 @@ async def test_workflow_page_summary_and_history(http: httpx.AsyncClient) -> Non
     assert "&quot;CustomerId&quot;:&quot;c-1&quot;" in summary
     assert "&lt;b&gt;not bold&lt;/b&gt;" in page and "<b>not bold</b>" not in page  # input, escaped
     assert "&quot;charged&quot;: 150" in page  # result
-    assert 'id="actions"' not in page  # closed: no buttons
+    assert 'id="reset-form"' in page and 'id="cancel-button"' not in page  # closed: only reset
     events = page.split('id="events"', 1)[1]
     types = re.findall(r'<td class="etype[^"]*">(\w+)</td>', events)
     assert types[0] == "WorkflowExecutionStarted" and types[-1] == "WorkflowExecutionCompleted"

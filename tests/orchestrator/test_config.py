@@ -205,3 +205,13 @@ def test_prometheus_scrapes_every_orchestrator_and_the_dashboard_uses_real_metri
     assert len(ids) == len(set(ids))
     provisioning = COMPOSE.parent / "grafana" / "provisioning"
     assert yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())["datasources"][0]["uid"] == "prometheus"
+
+
+async def test_time_skipping_on_an_external_broker_is_refused_with_the_reason() -> None:
+    from orchestrator.errors import ConfigurationError
+    from orchestrator.server import Orchestrator, OrchestratorConfig
+
+    orc = Orchestrator(OrchestratorConfig(store_url="memory://", broker_url="amqp://guest:pw@127.0.0.1:1/", time_skipping=True))
+    with pytest.raises(ConfigurationError, match=r"time skipping needs the built-in broker .* not amqp://127.0.0.1: ") as info:
+        await orc.start()
+    assert "pw" not in str(info.value)  # no credentials in the message

@@ -1,12 +1,14 @@
 """Fixtures of the SDK tests.
 
 ``env`` and ``time_skipping_env`` start an in-process orchestrator on the
-history store named by ``store_kind``. Tests marked ``e2e`` run once per store
-of :data:`E2E_STORES` (ids ``[memory]`` and ``[mongodb]``); the others run on
-the in-memory store only. ``mongodb`` is the MongoDB the contract suite uses
-(``SAGAS_TEST_MONGODB_URL`` or the SecantusDB stand-in, see
-``tests/contract/conftest.py``), one database per test; it is skipped when the
-stand-in cannot start, except in CI (``CI=true``), where it fails.
+history store and broker named by ``store_kind``. Tests marked ``e2e`` run once
+per backend of :data:`E2E_BACKENDS`: ``[memory]`` (memory store, built-in
+broker), ``[mongodb]`` (MongoDB store, built-in broker) and ``[rabbitmq]``, ``[sqs]``
+(memory store, that broker: the SDK worker then talks to the broker directly). The others run on the in-memory store and built-in broker
+only. ``mongodb`` is the MongoDB the contract suite uses (``SAGAS_TEST_MONGODB_URL``
+or the SecantusDB stand-in, see ``tests/contract/conftest.py``), one database per
+test; the brokers are the real servers of ``tests/services.py``. Each is skipped
+when it cannot start, except in CI (``CI=true``), where that fails.
 """
 
 from __future__ import annotations
@@ -17,8 +19,16 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from sagas.testing import WorkflowEnvironment
+from tests.services import (  # noqa: F401  (session fixtures, requested by name)
+    kafka_server,
+    rabbitmq_server,
+    sqs_server,
+)
 
-E2E_STORES = ["memory", "mongodb"]
+E2E_BACKENDS = ["memory", "mongodb", "rabbitmq", "sqs"]
+"""Kafka is left out here: its consumer-group joins make each test ~7 s; the broker contract suite,
+both demos and tests/e2e/test_brokers_e2e.py run on it."""
+BROKERS = ("rabbitmq", "kafka", "sqs")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -27,12 +37,12 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "store_kind" in metafunc.fixturenames and metafunc.definition.get_closest_marker("e2e"):
-        metafunc.parametrize("store_kind", E2E_STORES, indirect=True)
+        metafunc.parametrize("store_kind", E2E_BACKENDS, indirect=True)
 
 
 @pytest.fixture
 def store_kind(request: pytest.FixtureRequest) -> str:
-    """The history store of ``env`` (``memory`` unless the test is parametrised over E2E_STORES)."""
+    """The backend of ``env`` (``memory`` unless the test is parametrised over E2E_BACKENDS)."""
     kind: str = getattr(request, "param", "memory")
     return kind
 
@@ -47,7 +57,7 @@ def _stop_mongo_afterwards() -> Iterator[None]:
 
 @pytest.fixture
 def store_url(store_kind: str, request: pytest.FixtureRequest) -> str:
-    if store_kind == "memory":
+    if store_kind == "memory" or store_kind in BROKERS:
         return "memory://"
     if store_kind == "mongodb":
         from tests.contract.conftest import mongo_server_url
@@ -58,12 +68,26 @@ def store_url(store_kind: str, request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-async def env(store_url: str) -> AsyncIterator[WorkflowEnvironment]:
-    async with await WorkflowEnvironment.start_local(store_url=store_url) as environment:
+def env_broker_url(store_kind: str, request: pytest.FixtureRequest) -> str:
+    """The broker of ``env``: the built-in one, or a real server for the broker backends."""
+    if store_kind not in BROKERS:
+        return "local://"
+    from tests.e2e.test_demos import broker_url
+
+    return broker_url(request, store_kind)
+
+
+@pytest.fixture
+async def env(store_url: str, env_broker_url: str) -> AsyncIterator[WorkflowEnvironment]:
+    async with await WorkflowEnvironment.start_local(store_url=store_url, broker_url=env_broker_url) as environment:
         yield environment
 
 
 @pytest.fixture
-async def time_skipping_env(store_url: str) -> AsyncIterator[WorkflowEnvironment]:
-    async with await WorkflowEnvironment.start_time_skipping(store_url=store_url) as environment:
+async def time_skipping_env(store_url: str, env_broker_url: str, store_kind: str) -> AsyncIterator[WorkflowEnvironment]:
+    if store_kind in BROKERS:
+        pytest.skip("time skipping needs the built-in broker: the server cannot see an external broker's queues go idle")
+    async with await WorkflowEnvironment.start_time_skipping(
+        store_url=store_url, broker_url=env_broker_url
+    ) as environment:
         yield environment

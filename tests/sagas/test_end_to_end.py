@@ -471,10 +471,11 @@ async def test_worker_shutdown_is_prompt(env: WorkflowEnvironment) -> None:
     assert worker.is_shutdown
 
 
-async def test_client_connect_to_the_environment(env: WorkflowEnvironment) -> None:
+async def test_client_connect_to_the_environment(env: WorkflowEnvironment, env_broker_url: str) -> None:
     client = await Client.connect(env.client.target_host)
     try:
-        assert (await client.cluster_info()).worker_broker_url.startswith("local://")
+        scheme = env_broker_url.split("://", 1)[0]  # the broker workers are told to use: the server's
+        assert (await client.cluster_info()).worker_broker_url.startswith(f"{scheme}://")
     finally:
         await client.close()
 
