@@ -18,6 +18,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,6 +29,7 @@ from sagas.client import Client
 from sagas.exceptions import WorkflowFailureError
 from sagas.worker import Worker
 from services_demo.trip_booking.workflow import TripBooking
+from tests.chaos.harness import retry_rpc
 from tests.contract.conftest import mongo_server_url, stop_mongo_server
 from tests.e2e.conftest import free_port
 from tests.e2e.test_demos import Services
@@ -35,7 +37,7 @@ from tests.services import rabbitmq_server  # noqa: F401  (session fixture, requ
 
 LEASE = 3.0
 SHARDS = 8
-TRIPS = 60
+TRIPS = 300
 
 CONFIG = """
 services: [frontend, history, matching, timers]
@@ -130,6 +132,7 @@ def _stop_mongo() -> object:
     stop_mongo_server()
 
 
+@pytest.mark.timeout(900)
 async def test_three_processes_share_shards_and_survive_a_sigkill(
     rabbitmq_server: object, tmp_path: Path  # noqa: F811
 ) -> None:
@@ -154,13 +157,17 @@ async def test_three_processes_share_shards_and_survive_a_sigkill(
         async with Worker(client, task_queue="trips", workflows=[TripBooking]):
             ids = [f"trip-{i}" for i in range(TRIPS)]
             fails = {wid for i, wid in enumerate(ids) if i % 5 == 0}
-            handles = [
-                await client.start_workflow(
-                    TripBooking.run, {"destination": "Atlantis" if wid in fails else "Lisbon"}, id=wid, task_queue="trips"
-                )
-                for wid in ids
-            ]
-            await asyncio.sleep(0.5)  # mid-run: some sagas done, most in flight
+            handles: list[Any] = []
+
+            async def start_all() -> None:
+                for wid in ids:  # a start the dead process's shard refuses is retried (same request id)
+                    handles.append(await retry_rpc(lambda wid=wid: client.start_workflow(  # type: ignore[misc]
+                        TripBooking.run, {"destination": "Atlantis" if wid in fails else "Lisbon"}, id=wid,
+                        task_queue="trips", request_id=f"start-{wid}")))  # fmt: skip
+
+            starting = asyncio.create_task(start_all())
+            while len(handles) < TRIPS // 3 and not starting.done():
+                await asyncio.sleep(0.05)  # polling the load's progress: kill a third of the way in
             victim = procs[1]
             victim.kill9()
             killed_at = time.monotonic()
@@ -175,11 +182,13 @@ async def test_three_processes_share_shards_and_survive_a_sigkill(
             reowned = await _wait_all_owned(store, without=victim.name, timeout=5 * LEASE, since=killed_at)
             print(f"shards of the SIGKILLed process re-owned {reowned:.2f} s after the kill (lease {LEASE} s)")
             await joining
+            await starting
+            print(f"{len(handles)} sagas started; the kill came after {TRIPS // 3}")
 
             outcomes: dict[str, str] = {}
             for wid, handle in zip(ids, handles, strict=True):
                 try:
-                    result = await asyncio.wait_for(handle.result(), 60)
+                    result = await asyncio.wait_for(handle.result(), 300)
                     outcomes[wid] = result["status"]
                 except WorkflowFailureError:
                     outcomes[wid] = "compensated"
@@ -267,6 +276,7 @@ def _ids_on(owner: str, owners: dict[int, str], prefix: str, count: int) -> list
     return out
 
 
+@pytest.mark.timeout(300)
 async def test_children_signals_cancels_and_closes_cross_processes(
     rabbitmq_server: object, tmp_path: Path  # noqa: F811
 ) -> None:
