@@ -38,7 +38,9 @@ ADMIN_KEY = "admin-api-key"
 CI_KEY = "ci-api-key"
 
 
-def token(claims: dict[str, Any], *, secret: str = SECRET, ttl: float = 300.0, **extra: Any) -> str:
+def token(claims: dict[str, Any], *, secret: str = SECRET, ttl: float = 86400.0, **extra: Any) -> str:
+    """A signed JWT. Parametrized tokens are made at collection time, which can be many minutes
+    before the test runs in a long suite: the default lifetime outlasts any run."""
     now = int(time.time())
     return jwt.encode({"sub": "test", "iat": now, "exp": now + ttl, **claims, **extra}, secret, algorithm="HS256")
 
