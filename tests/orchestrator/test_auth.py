@@ -149,7 +149,7 @@ async def test_no_credentials_is_401_everywhere_but_health(http: httpx.AsyncClie
     "credential, words",
     [
         (token({"permissions": ["alpha:admin"]}, ttl=-120), "expired"),
-        (token({"permissions": ["alpha:admin"]}, nbf=int(time.time()) + 600), "not valid yet"),
+        (token({"permissions": ["alpha:admin"]}, nbf=int(time.time()) + 30 * 86400), "not valid yet"),  # far enough ahead for any run
         (token({"permissions": ["alpha:admin"]}, secret="another-secret-that-is-also-long-enough"), "does not verify"),
         (unsigned({"permissions": ["alpha:admin"]}), "'none' is not accepted"),
         (jwt.encode({"permissions": ["alpha:admin"]}, SECRET, algorithm="HS256"), "lacks the 'exp' claim"),
