@@ -291,8 +291,14 @@ class HistoryStoreContract:
 
     async def test_an_expired_lease_can_be_taken_over(self, store: HistoryStore) -> None:
         await store.acquire_shard(SHARD, "host-a", lease_seconds=0.2)
-        await asyncio.sleep(0.3)
-        assert await store.acquire_shard(SHARD, "host-b", lease_seconds=60) == 2
+        deadline = time.monotonic() + 10
+        while True:  # poll until the lease has expired and host-b can take the shard
+            try:
+                assert await store.acquire_shard(SHARD, "host-b", lease_seconds=60) == 2
+                break
+            except ShardLeaseHeldError:
+                assert time.monotonic() < deadline, "host-a's 0.2 s lease never expired"
+                await asyncio.sleep(0.05)
         assert await store.renew_shard(SHARD, "host-a", 1, 60) is False
         # Without a lease (one process owns everything) acquisition is unconditional.
         assert await store.acquire_shard(SHARD, "dev") == 3
@@ -306,8 +312,10 @@ class HistoryStoreContract:
         await store.heartbeat_member("m-c", "http://c:7233", ttl=0.2)
         assert [m.member_id for m in await store.list_members()] == ["m-a", "m-b", "m-c"]
         await store.heartbeat_member("m-a", "http://a2:7233", ttl=60)
-        await asyncio.sleep(0.3)
-        members = await store.list_members()
+        deadline = time.monotonic() + 10
+        while len(members := await store.list_members()) == 3:  # poll until m-c's 0.2 s ttl has run out
+            assert time.monotonic() < deadline, "m-c never expired"
+            await asyncio.sleep(0.05)
         assert [(m.member_id, m.address) for m in members] == [("m-a", "http://a2:7233"), ("m-b", "http://b:7233")]
         assert all(m.expires_at > time.time() for m in members)
         await store.remove_member("m-b")
