@@ -33,16 +33,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from sagas.cli.workflow import (
-    Address,
-    ApiKey,
     Connection,
     Inputs,
-    Namespace,
     OutputFormat,
-    Tls,
-    TlsCa,
-    TlsCert,
-    TlsKey,
     _err,
     _json,
     _out,
@@ -50,6 +43,7 @@ from sagas.cli.workflow import (
     _run,
     _time,
     _with_client,
+    connected,
 )
 from sagas.client import (
     BatchCancel,
@@ -131,18 +125,13 @@ def _checked(build: Callable[[], _T]) -> _T:
         raise typer.Exit(1) from None
 
 
-def _conn(
-    address: str, namespace: str, api_key: str | None, tls: bool, tls_ca: str | None, tls_cert: str | None,
-    tls_key: str | None,
-) -> Connection:
-    return Connection(address, namespace, api_key, tls, tls_ca, tls_cert, tls_key)
-
-
 # -- schedules ---------------------------------------------------------------------------
 
 
 @schedule_app.command("create")
+@connected
 def create(
+    conn: Connection,
     schedule_id: ScheduleId,
     workflow_type: Annotated[str, typer.Option("--workflow-type", help="Workflow type the schedule starts.")],
     task_queue: Annotated[str, typer.Option("--task-queue", "-t", help="Task queue of its workers.")],
@@ -164,13 +153,6 @@ def create(
     paused: Annotated[bool, typer.Option("--paused", help="Create the schedule paused.")] = False,
     note: Annotated[str | None, typer.Option("--note", help="Note on the schedule's state.")] = None,
     trigger_immediately: Annotated[bool, typer.Option("--trigger-immediately", help="Also fire once now.")] = False,
-    address: Address = "localhost:7233",
-    namespace: Namespace = "default",
-    api_key: ApiKey = None,
-    tls: Tls = False,
-    tls_ca: TlsCa = None,
-    tls_cert: TlsCert = None,
-    tls_key: TlsKey = None,
 ) -> None:
     """Create a schedule that starts a workflow on cron strings and/or intervals."""
 
@@ -208,7 +190,7 @@ def create(
         nxt = desc.info.next_action_times[0] if desc.info.next_action_times else None
         _out.print(f"Created schedule [bold]{escape(handle.id)}[/bold]; next fire {_time(nxt)}")
 
-    _run(lambda: _with_client(_conn(address, namespace, api_key, tls, tls_ca, tls_cert, tls_key), go))
+    _run(lambda: _with_client(conn, go))
 
 
 def _describe_table(desc: ScheduleDescription) -> Table:
@@ -236,16 +218,11 @@ def _describe_table(desc: ScheduleDescription) -> Table:
 
 
 @schedule_app.command("describe")
+@connected
 def describe(
+    conn: Connection,
     schedule_id: ScheduleId,
     output: Annotated[OutputFormat, typer.Option("--output", "-o", help="table or json.")] = OutputFormat.TABLE,
-    address: Address = "localhost:7233",
-    namespace: Namespace = "default",
-    api_key: ApiKey = None,
-    tls: Tls = False,
-    tls_ca: TlsCa = None,
-    tls_cert: TlsCert = None,
-    tls_key: TlsKey = None,
 ) -> None:
     """Show a schedule: spec, state, recent and next actions."""
 
@@ -256,18 +233,13 @@ def describe(
         else:
             _out.print(_describe_table(desc))
 
-    _run(lambda: _with_client(_conn(address, namespace, api_key, tls, tls_ca, tls_cert, tls_key), go))
+    _run(lambda: _with_client(conn, go))
 
 
 @schedule_app.command("list")
+@connected
 def list_(
-    address: Address = "localhost:7233",
-    namespace: Namespace = "default",
-    api_key: ApiKey = None,
-    tls: Tls = False,
-    tls_ca: TlsCa = None,
-    tls_cert: TlsCert = None,
-    tls_key: TlsKey = None,
+    conn: Connection,
 ) -> None:
     """List the schedules of the namespace."""
 
@@ -279,20 +251,15 @@ def list_(
             table.add_row(escape(s.id), escape(s.schedule.action.workflow), state, _time(nxt))
         _out.print(table)
 
-    _run(lambda: _with_client(_conn(address, namespace, api_key, tls, tls_ca, tls_cert, tls_key), go))
+    _run(lambda: _with_client(conn, go))
 
 
 @schedule_app.command("pause")
+@connected
 def pause(
+    conn: Connection,
     schedule_id: ScheduleId,
     note: Annotated[str | None, typer.Option("--note", help="Why it is paused.")] = None,
-    address: Address = "localhost:7233",
-    namespace: Namespace = "default",
-    api_key: ApiKey = None,
-    tls: Tls = False,
-    tls_ca: TlsCa = None,
-    tls_cert: TlsCert = None,
-    tls_key: TlsKey = None,
 ) -> None:
     """Stop firing until unpaused (triggers and backfills still run)."""
 
@@ -300,20 +267,15 @@ def pause(
         await client.get_schedule_handle(schedule_id).pause(note=note)
         _out.print(f"Paused {escape(schedule_id)}")
 
-    _run(lambda: _with_client(_conn(address, namespace, api_key, tls, tls_ca, tls_cert, tls_key), go))
+    _run(lambda: _with_client(conn, go))
 
 
 @schedule_app.command("unpause")
+@connected
 def unpause(
+    conn: Connection,
     schedule_id: ScheduleId,
     note: Annotated[str | None, typer.Option("--note", help="Why it runs again.")] = None,
-    address: Address = "localhost:7233",
-    namespace: Namespace = "default",
-    api_key: ApiKey = None,
-    tls: Tls = False,
-    tls_ca: TlsCa = None,
-    tls_cert: TlsCert = None,
-    tls_key: TlsKey = None,
 ) -> None:
     """Fire again from now on."""
 
@@ -321,20 +283,15 @@ def unpause(
         await client.get_schedule_handle(schedule_id).unpause(note=note)
         _out.print(f"Unpaused {escape(schedule_id)}")
 
-    _run(lambda: _with_client(_conn(address, namespace, api_key, tls, tls_ca, tls_cert, tls_key), go))
+    _run(lambda: _with_client(conn, go))
 
 
 @schedule_app.command("trigger")
+@connected
 def trigger(
+    conn: Connection,
     schedule_id: ScheduleId,
     overlap: OverlapOption = None,
-    address: Address = "localhost:7233",
-    namespace: Namespace = "default",
-    api_key: ApiKey = None,
-    tls: Tls = False,
-    tls_ca: TlsCa = None,
-    tls_cert: TlsCert = None,
-    tls_key: TlsKey = None,
 ) -> None:
     """Take the schedule's action now."""
 
@@ -342,22 +299,17 @@ def trigger(
         await client.get_schedule_handle(schedule_id).trigger(overlap=overlap.policy() if overlap else None)
         _out.print(f"Triggered {escape(schedule_id)}")
 
-    _run(lambda: _with_client(_conn(address, namespace, api_key, tls, tls_ca, tls_cert, tls_key), go))
+    _run(lambda: _with_client(conn, go))
 
 
 @schedule_app.command("backfill")
+@connected
 def backfill(
+    conn: Connection,
     schedule_id: ScheduleId,
     start_time: Annotated[str, typer.Option("--start-time", help="First fire time to run (ISO 8601).")],
     end_time: Annotated[str, typer.Option("--end-time", help="Last fire time to run (ISO 8601).")],
     overlap: OverlapOption = None,
-    address: Address = "localhost:7233",
-    namespace: Namespace = "default",
-    api_key: ApiKey = None,
-    tls: Tls = False,
-    tls_ca: TlsCa = None,
-    tls_cert: TlsCert = None,
-    tls_key: TlsKey = None,
 ) -> None:
     """Run the fire times of a past (or future) time range now."""
 
@@ -374,19 +326,14 @@ def backfill(
         await client.get_schedule_handle(schedule_id).backfill(request)
         _out.print(f"Backfilled {escape(schedule_id)} from {escape(start_time)} to {escape(end_time)}")
 
-    _run(lambda: _with_client(_conn(address, namespace, api_key, tls, tls_ca, tls_cert, tls_key), go))
+    _run(lambda: _with_client(conn, go))
 
 
 @schedule_app.command("delete")
+@connected
 def delete(
+    conn: Connection,
     schedule_id: ScheduleId,
-    address: Address = "localhost:7233",
-    namespace: Namespace = "default",
-    api_key: ApiKey = None,
-    tls: Tls = False,
-    tls_ca: TlsCa = None,
-    tls_cert: TlsCert = None,
-    tls_key: TlsKey = None,
 ) -> None:
     """Delete a schedule (the runs it started go on)."""
 
@@ -394,7 +341,7 @@ def delete(
         await client.get_schedule_handle(schedule_id).delete()
         _out.print(f"Deleted {escape(schedule_id)}")
 
-    _run(lambda: _with_client(_conn(address, namespace, api_key, tls, tls_ca, tls_cert, tls_key), go))
+    _run(lambda: _with_client(conn, go))
 
 
 # -- batch operations -----------------------------------------------------------------------
@@ -440,69 +387,56 @@ def _start_batch(conn: Connection, operation: BatchOperation, query: str, rps: f
 
 
 @batch_app.command("signal")
+@connected
 def batch_signal(
+    conn: Connection,
     query: Query,
     name: Annotated[str, typer.Option("--name", help="Signal name.")],
     inputs: Inputs = None,
     rps: Rps = 50.0,
     batch_id: BatchId = None,
     wait: Wait = True,
-    address: Address = "localhost:7233",
-    namespace: Namespace = "default",
-    api_key: ApiKey = None,
-    tls: Tls = False,
-    tls_ca: TlsCa = None,
-    tls_cert: TlsCert = None,
-    tls_key: TlsKey = None,
 ) -> None:
     """Signal every running workflow the query matches."""
     args: list[Any] = _parse_inputs(inputs)
-    conn = _conn(address, namespace, api_key, tls, tls_ca, tls_cert, tls_key)
+    conn = conn
     _start_batch(conn, BatchSignal(name, args=args), query, rps, batch_id, wait)
 
 
 @batch_app.command("cancel")
+@connected
 def batch_cancel(
+    conn: Connection,
     query: Query,
     reason: Reason = "",
     rps: Rps = 50.0,
     batch_id: BatchId = None,
     wait: Wait = True,
-    address: Address = "localhost:7233",
-    namespace: Namespace = "default",
-    api_key: ApiKey = None,
-    tls: Tls = False,
-    tls_ca: TlsCa = None,
-    tls_cert: TlsCert = None,
-    tls_key: TlsKey = None,
 ) -> None:
     """Request cancellation of every running workflow the query matches."""
-    conn = _conn(address, namespace, api_key, tls, tls_ca, tls_cert, tls_key)
+    conn = conn
     _start_batch(conn, BatchCancel(reason=reason), query, rps, batch_id, wait)
 
 
 @batch_app.command("terminate")
+@connected
 def batch_terminate(
+    conn: Connection,
     query: Query,
     reason: Reason = "",
     rps: Rps = 50.0,
     batch_id: BatchId = None,
     wait: Wait = True,
-    address: Address = "localhost:7233",
-    namespace: Namespace = "default",
-    api_key: ApiKey = None,
-    tls: Tls = False,
-    tls_ca: TlsCa = None,
-    tls_cert: TlsCert = None,
-    tls_key: TlsKey = None,
 ) -> None:
     """Terminate every running workflow the query matches."""
-    conn = _conn(address, namespace, api_key, tls, tls_ca, tls_cert, tls_key)
+    conn = conn
     _start_batch(conn, BatchTerminate(reason=reason), query, rps, batch_id, wait)
 
 
 @batch_app.command("reset")
+@connected
 def batch_reset(
+    conn: Connection,
     query: Query,
     reset_type: Annotated[
         str, typer.Option("--type", help="FirstWorkflowTask or LastWorkflowTask (the last completed one).")
@@ -514,36 +448,24 @@ def batch_reset(
     rps: Rps = 50.0,
     batch_id: BatchId = None,
     wait: Wait = True,
-    address: Address = "localhost:7233",
-    namespace: Namespace = "default",
-    api_key: ApiKey = None,
-    tls: Tls = False,
-    tls_ca: TlsCa = None,
-    tls_cert: TlsCert = None,
-    tls_key: TlsKey = None,
 ) -> None:
     """Reset every workflow the query matches (its current run) to its first or last workflow task."""
     if reset_type not in ("FirstWorkflowTask", "LastWorkflowTask"):
         raise typer.BadParameter(f"--type must be FirstWorkflowTask or LastWorkflowTask, not {reset_type!r}")
-    conn = _conn(address, namespace, api_key, tls, tls_ca, tls_cert, tls_key)
+    conn = conn
     operation = BatchReset(reset_type=reset_type, reason=reason, reapply_signals=reapply_signals)
     _start_batch(conn, operation, query, rps, batch_id, wait)
 
 
 @batch_app.command("describe")
+@connected
 def batch_describe(
+    conn: Connection,
     batch_id: Annotated[str, typer.Option("--batch-id", help="Id of the batch.")],
-    address: Address = "localhost:7233",
-    namespace: Namespace = "default",
-    api_key: ApiKey = None,
-    tls: Tls = False,
-    tls_ca: TlsCa = None,
-    tls_cert: TlsCert = None,
-    tls_key: TlsKey = None,
 ) -> None:
     """Show a batch's progress (or its final report)."""
 
     async def go(client: Client) -> None:
         _out.print(_report_table(await client.get_batch_operation_handle(batch_id).describe()))
 
-    _run(lambda: _with_client(_conn(address, namespace, api_key, tls, tls_ca, tls_cert, tls_key), go))
+    _run(lambda: _with_client(conn, go))

@@ -18,6 +18,8 @@ Errors are printed in one readable paragraph and exit with status 1.
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import json
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -147,6 +149,47 @@ async def _with_client(conn: Connection, fn: Callable[[Client], Awaitable[_T]]) 
         await client.close()
 
 
+_CONNECTION_OPTIONS = (
+    ("address", Address, "localhost:7233"),
+    ("namespace", Namespace, "default"),
+    ("api_key", ApiKey, None),
+    ("tls", Tls, False),
+    ("tls_ca", TlsCa, None),
+    ("tls_cert", TlsCert, None),
+    ("tls_key", TlsKey, None),
+)
+
+
+def connected(command: Callable[..., _T]) -> Callable[..., _T]:
+    """Give a command the connection options and hand them to it as one :class:`Connection`.
+
+    The command's first parameter is ``conn: Connection``; typer sees ``--address``,
+    ``--namespace``, ``--api-key`` and the TLS options in its place, after the command's own::
+
+        @workflow_app.command("cancel")
+        @connected
+        def cancel(conn: Connection, workflow_id: WorkflowId) -> None:
+            _run(lambda: _with_client(conn, lambda client: client.get_workflow_handle(workflow_id).cancel()))
+    """
+    own = list(inspect.signature(command, eval_str=True).parameters.values())
+    if not own or own[0].name != "conn":
+        raise TypeError(f"{command.__name__}: a @connected command takes `conn: Connection` first")
+    options = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
+        for name, annotation, default in _CONNECTION_OPTIONS
+    ]
+
+    @functools.wraps(command)
+    def with_connection(*args: Any, **kwargs: Any) -> _T:
+        conn = Connection(*(kwargs.pop(name) for name, _, _ in _CONNECTION_OPTIONS))
+        return command(conn, *args, **kwargs)
+
+    params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own[1:]] + options
+    with_connection.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    with_connection.__annotations__ = {p.name: p.annotation for p in params}
+    return with_connection
+
+
 def _json(value: Any) -> str:
     return json.dumps(value, indent=2, default=str, ensure_ascii=False)
 
@@ -184,7 +227,9 @@ def _td(seconds: float | None) -> timedelta | None:
 
 
 @workflow_app.command("start")
+@connected
 def start(
+    conn: Connection,
     workflow_type: Annotated[str, typer.Option("--type", help="Workflow type name.")],
     task_queue: Annotated[str, typer.Option("--task-queue", "-t", help="Task queue of the workers.")],
     workflow_id: WorkflowId,
@@ -193,13 +238,6 @@ def start(
         float | None, typer.Option(help="Execution timeout in seconds (all runs).")
     ] = None,
     run_timeout: Annotated[float | None, typer.Option(help="Run timeout in seconds.")] = None,
-    address: Address = "localhost:7233",
-    namespace: Namespace = "default",
-    api_key: ApiKey = None,
-    tls: Tls = False,
-    tls_ca: TlsCa = None,
-    tls_cert: TlsCert = None,
-    tls_key: TlsKey = None,
 ) -> None:
     """Start a workflow and print its ids."""
 
@@ -209,11 +247,13 @@ def start(
         handle = await _start(client, workflow_type, task_queue, workflow_id, args, execution_timeout, run_timeout)
         _out.print(f"Started [bold]{escape(handle.id)}[/bold]  run id {handle.result_run_id}")
 
-    _run(lambda: _with_client(Connection(address, namespace, api_key, tls, tls_ca, tls_cert, tls_key), go))
+    _run(lambda: _with_client(conn, go))
 
 
 @workflow_app.command("execute")
+@connected
 def execute(
+    conn: Connection,
     workflow_type: Annotated[str, typer.Option("--type", help="Workflow type name.")],
     task_queue: Annotated[str, typer.Option("--task-queue", "-t", help="Task queue of the workers.")],
     workflow_id: WorkflowId,
@@ -222,13 +262,6 @@ def execute(
         float | None, typer.Option(help="Execution timeout in seconds (all runs).")
     ] = None,
     run_timeout: Annotated[float | None, typer.Option(help="Run timeout in seconds.")] = None,
-    address: Address = "localhost:7233",
-    namespace: Namespace = "default",
-    api_key: ApiKey = None,
-    tls: Tls = False,
-    tls_ca: TlsCa = None,
-    tls_cert: TlsCert = None,
-    tls_key: TlsKey = None,
 ) -> None:
     """Start a workflow, wait for it to close and print its result as JSON."""
 
@@ -239,7 +272,7 @@ def execute(
         _err.print(f"Started {escape(handle.id)} (run id {handle.result_run_id}); waiting for the result...")
         _out.print_json(_json(await handle.result()))
 
-    _run(lambda: _with_client(Connection(address, namespace, api_key, tls, tls_ca, tls_cert, tls_key), go))
+    _run(lambda: _with_client(conn, go))
 
 
 # -- describe / list ---------------------------------------------------------------
@@ -273,17 +306,12 @@ def _describe_table(desc: WorkflowExecutionDescription) -> Table:
 
 
 @workflow_app.command("describe")
+@connected
 def describe(
+    conn: Connection,
     workflow_id: WorkflowId,
     run_id: RunId = None,
     output: Annotated[OutputFormat, typer.Option("--output", "-o")] = OutputFormat.TABLE,
-    address: Address = "localhost:7233",
-    namespace: Namespace = "default",
-    api_key: ApiKey = None,
-    tls: Tls = False,
-    tls_ca: TlsCa = None,
-    tls_cert: TlsCert = None,
-    tls_key: TlsKey = None,
 ) -> None:
     """Show a run's status, times, and what it is waiting for."""
 
@@ -310,20 +338,15 @@ def describe(
                 t.add_row(timer.timer_id, _time(datetime.fromtimestamp(timer.fire_time, UTC)))
             _out.print(t)
 
-    _run(lambda: _with_client(Connection(address, namespace, api_key, tls, tls_ca, tls_cert, tls_key), go))
+    _run(lambda: _with_client(conn, go))
 
 
 @workflow_app.command("list")
+@connected
 def list_(
+    conn: Connection,
     query: Annotated[str, typer.Option("--query", "-q", help="Visibility query, e.g. \"ExecutionStatus = 'Running'\".")] = "",
     limit: Annotated[int, typer.Option(help="Show at most this many runs.")] = 50,
-    address: Address = "localhost:7233",
-    namespace: Namespace = "default",
-    api_key: ApiKey = None,
-    tls: Tls = False,
-    tls_ca: TlsCa = None,
-    tls_cert: TlsCert = None,
-    tls_key: TlsKey = None,
 ) -> None:
     """List workflow runs, newest first."""
 
@@ -340,7 +363,7 @@ def list_(
         else:
             _out.print(t)
 
-    _run(lambda: _with_client(Connection(address, namespace, api_key, tls, tls_ca, tls_cert, tls_key), go))
+    _run(lambda: _with_client(conn, go))
 
 
 # -- show -------------------------------------------------------------------------
@@ -455,7 +478,9 @@ def _saga_table(steps: list[dict[str, Any]]) -> Table:
 
 
 @workflow_app.command("show")
+@connected
 def show(
+    conn: Connection,
     workflow_id: WorkflowId,
     run_id: RunId = None,
     output: Annotated[
@@ -468,13 +493,6 @@ def show(
             "--archived", help="Read the run from the namespace's archive (after retention deleted it; docs/archival.md)."
         ),
     ] = False,
-    address: Address = "localhost:7233",
-    namespace: Namespace = "default",
-    api_key: ApiKey = None,
-    tls: Tls = False,
-    tls_ca: TlsCa = None,
-    tls_cert: TlsCert = None,
-    tls_key: TlsKey = None,
 ) -> None:
     """Show a run's event history (and its saga steps and compensations)."""
 
@@ -491,25 +509,20 @@ def show(
         if steps:
             _out.print(_saga_table(steps))
 
-    _run(lambda: _with_client(Connection(address, namespace, api_key, tls, tls_ca, tls_cert, tls_key), go))
+    _run(lambda: _with_client(conn, go))
 
 
 # -- signal / query / cancel / terminate --------------------------------------------
 
 
 @workflow_app.command("signal")
+@connected
 def signal(
+    conn: Connection,
     workflow_id: WorkflowId,
     name: Annotated[str, typer.Option("--name", help="Signal name.")],
     inputs: Inputs = None,
     run_id: RunId = None,
-    address: Address = "localhost:7233",
-    namespace: Namespace = "default",
-    api_key: ApiKey = None,
-    tls: Tls = False,
-    tls_ca: TlsCa = None,
-    tls_cert: TlsCert = None,
-    tls_key: TlsKey = None,
 ) -> None:
     """Send a signal to a workflow."""
 
@@ -519,22 +532,17 @@ def signal(
         await client.get_workflow_handle(workflow_id, run_id=run_id).signal(name, args=args)
         _out.print(f"Signal [bold]{escape(name)}[/bold] sent to {escape(workflow_id)}.")
 
-    _run(lambda: _with_client(Connection(address, namespace, api_key, tls, tls_ca, tls_cert, tls_key), go))
+    _run(lambda: _with_client(conn, go))
 
 
 @workflow_app.command("query")
+@connected
 def query(
+    conn: Connection,
     workflow_id: WorkflowId,
     name: Annotated[str, typer.Option("--name", help="Query name.")],
     inputs: Inputs = None,
     run_id: RunId = None,
-    address: Address = "localhost:7233",
-    namespace: Namespace = "default",
-    api_key: ApiKey = None,
-    tls: Tls = False,
-    tls_ca: TlsCa = None,
-    tls_cert: TlsCert = None,
-    tls_key: TlsKey = None,
 ) -> None:
     """Ask a workflow's query handler and print the answer as JSON."""
 
@@ -544,21 +552,16 @@ def query(
         result = await client.get_workflow_handle(workflow_id, run_id=run_id).query(name, args=args)
         _out.print_json(_json(result))
 
-    _run(lambda: _with_client(Connection(address, namespace, api_key, tls, tls_ca, tls_cert, tls_key), go))
+    _run(lambda: _with_client(conn, go))
 
 
 @workflow_app.command("cancel")
+@connected
 def cancel(
+    conn: Connection,
     workflow_id: WorkflowId,
     reason: Annotated[str, typer.Option(help="Why (recorded in history).")] = "",
     run_id: RunId = None,
-    address: Address = "localhost:7233",
-    namespace: Namespace = "default",
-    api_key: ApiKey = None,
-    tls: Tls = False,
-    tls_ca: TlsCa = None,
-    tls_cert: TlsCert = None,
-    tls_key: TlsKey = None,
 ) -> None:
     """Ask a workflow to cancel (it may run compensations first)."""
 
@@ -566,21 +569,16 @@ def cancel(
         await client.get_workflow_handle(workflow_id, run_id=run_id).cancel(reason=reason)
         _out.print(f"Cancellation of {escape(workflow_id)} requested.")
 
-    _run(lambda: _with_client(Connection(address, namespace, api_key, tls, tls_ca, tls_cert, tls_key), go))
+    _run(lambda: _with_client(conn, go))
 
 
 @workflow_app.command("terminate")
+@connected
 def terminate(
+    conn: Connection,
     workflow_id: WorkflowId,
     reason: Annotated[str, typer.Option(help="Why (recorded in history).")] = "",
     run_id: RunId = None,
-    address: Address = "localhost:7233",
-    namespace: Namespace = "default",
-    api_key: ApiKey = None,
-    tls: Tls = False,
-    tls_ca: TlsCa = None,
-    tls_cert: TlsCert = None,
-    tls_key: TlsKey = None,
 ) -> None:
     """Stop a workflow at once, without running any more of its code."""
 
@@ -588,11 +586,13 @@ def terminate(
         await client.get_workflow_handle(workflow_id, run_id=run_id).terminate(reason=reason or None)
         _out.print(f"Terminated {escape(workflow_id)}.")
 
-    _run(lambda: _with_client(Connection(address, namespace, api_key, tls, tls_ca, tls_cert, tls_key), go))
+    _run(lambda: _with_client(conn, go))
 
 
 @workflow_app.command("reset")
+@connected
 def reset(
+    conn: Connection,
     workflow_id: WorkflowId,
     to_event: Annotated[
         int | None,
@@ -606,13 +606,6 @@ def reset(
         bool, typer.Option(help="Deliver again the signals received after the reset point.")
     ] = True,
     run_id: RunId = None,
-    address: Address = "localhost:7233",
-    namespace: Namespace = "default",
-    api_key: ApiKey = None,
-    tls: Tls = False,
-    tls_ca: TlsCa = None,
-    tls_cert: TlsCert = None,
-    tls_key: TlsKey = None,
 ) -> None:
     """Start a new run from a workflow task of this one (after fixing a bug); the running run is terminated.
 
@@ -626,4 +619,4 @@ def reset(
         new = await handle.reset(event_id=to_event, reset_type=reset_type, reason=reason, reapply_signals=reapply_signals)
         _out.print(f"Reset {escape(workflow_id)}: new run {new.run_id}.")
 
-    _run(lambda: _with_client(Connection(address, namespace, api_key, tls, tls_ca, tls_cert, tls_key), go))
+    _run(lambda: _with_client(conn, go))
