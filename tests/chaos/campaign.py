@@ -37,6 +37,7 @@ import asyncio
 import json
 import os
 import random
+import subprocess
 import sys
 import tempfile
 import time
@@ -316,6 +317,19 @@ def seed_from_env(default: int) -> int:
     return int(os.environ.get("CHAOS_SEED", default))
 
 
+def _code_version() -> str:
+    """The commit the campaign ran, and whether the tree had changes (``git`` output, or ``unknown``)."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "orchestrator", "brokers", "sagas", "tests"],
+                               cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{commit} ({'uncommitted changes' if dirty else 'clean tree'})"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--long", action="store_true", help="5,000 sagas with hundreds of faults")
@@ -334,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         "(tests/chaos/campaign.py); violations must be 0",
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{os.cpu_count()} cores",
+        "code": _code_version(),
         **result.figures(),
     }
     out.write_text(json.dumps(figures, indent=2) + "\n")
