@@ -1,4 +1,9 @@
-"""``sagas admin``: operator commands that work on a store directly (the server stopped).
+"""``sagas admin``: operator commands.
+
+``sagas admin canary`` runs the canary workflows (``sagas.canary``) against a
+live cluster and exits 1 when one fails: a health probe for a deployment::
+
+    sagas admin canary --address orchestrator:7233 --namespace default --timeout 20
 
 ``sagas admin rebuild`` refills an **empty** store from the history stream
 ``{prefix}.history`` (a Kafka topic or a RabbitMQ stream, read from its start)
@@ -18,18 +23,26 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from dataclasses import asdict
 from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
 
 from brokers.base import BrokerError, parse_broker_url
 from orchestrator.history.rebuild import RebuildError, RebuildReport, RunHistory, rebuild_store
 from orchestrator.persistence.base import HistoryStore, StoreError, open_store
+from sagas.canary import PROBES, CanaryResult, run_canary
+from sagas.cli.workflow import Connection, OutputFormat, _run, _with_client, connected
+from sagas.client import Client
 from sagas.worker._history_stream import histories_from_stream, read_history_stream
 
-admin_app = typer.Typer(help="Operator commands on the store: rebuild it from the history stream.", no_args_is_help=True)
+admin_app = typer.Typer(
+    help="Operator commands: rebuild the store from the history stream; probe a live cluster with canaries.",
+    no_args_is_help=True,
+)
 _out = Console(highlight=False, soft_wrap=True)
 _err = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -125,3 +138,45 @@ def rebuild(
         f"{', '.join(report.namespaces)}: {report.events} events, {report.transfer_tasks} tasks, "
         f"{report.timer_tasks} timers; {report.verified} verified against their folded events."
     )
+
+
+@admin_app.command("canary")
+@connected
+def canary(
+    conn: Connection,
+    probes: Annotated[
+        str | None, typer.Option("--probes", help=f"Comma list of probes (default: all of {', '.join(PROBES)}).")
+    ] = None,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds each probe may take.")] = 30.0,
+    timer_tolerance: Annotated[
+        float, typer.Option("--timer-tolerance", help="Seconds after due a 1 s timer may fire and still pass.")
+    ] = 2.0,
+    task_queue: Annotated[
+        str | None, typer.Option("--task-queue", "-t", help="Task queue of the canary worker (default: a fresh one).")
+    ] = None,
+    output: Annotated[OutputFormat, typer.Option("--output", "-o", help="table, or json.")] = OutputFormat.TABLE,
+) -> None:
+    """Run the canary workflows against a live cluster (a health probe); exit 1 if one fails.
+
+    One small workflow per capability (echo, signal, query, timer, retry,
+    cancellation, child, continue-as-new), all at once, with a worker in this
+    process on a fresh task queue. See ``sagas.canary``.
+    """
+    names = [p.strip() for p in probes.split(",") if p.strip()] if probes else None
+
+    async def go(client: Client) -> list[CanaryResult]:
+        return await run_canary(client, probes=names, timeout=timeout, timer_tolerance=timer_tolerance,
+                                task_queue=task_queue)  # fmt: skip
+
+    results = _run(lambda: _with_client(conn, go))
+    if output is OutputFormat.JSON:
+        _out.print_json(data=[asdict(r) for r in results])
+    else:
+        table = Table("Probe", "Result", "Seconds", "Detail")
+        for r in results:
+            table.add_row(r.probe, "[green]ok[/]" if r.ok else "[red]FAILED[/]", f"{r.seconds:.2f}", escape(r.detail))
+        _out.print(table)
+    failed = [r.probe for r in results if not r.ok]
+    if failed:
+        _err.print(f"[red]Canary failed:[/red] {', '.join(failed)}")
+        raise typer.Exit(1)

@@ -180,7 +180,7 @@ def test_public_modules_are_found() -> None:
     expected = {
         "sagas", "sagas.activity", "sagas.client", "sagas.worker", "sagas.workflow", "sagas.testing",
         "sagas.testing.replay", "sagas.exceptions", "sagas.common", "sagas.converter", "sagas.saga",
-        "sagas.contrib", "sagas.contrib.encryption",
+        "sagas.contrib", "sagas.contrib.encryption", "sagas.canary",
     }  # fmt: skip
     assert expected <= found, expected - found
     assert not any(name.startswith("sagas.cli") for name in found - expected)
