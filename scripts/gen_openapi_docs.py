@@ -71,7 +71,6 @@ ROUTE_NOTES: dict[str, str] = {
     "POST /api/v1/namespaces/{ns}/workflows/{wid}/terminate": "End the run at once, without running any more workflow code (no compensation).",
     "POST /api/v1/namespaces/{ns}/workflows/{wid}/query": "Ask a worker to run a query handler on the workflow's current state. `504 query_timeout` when no worker answers in `timeout` seconds (at most 60), `400 query_failed` when the handler raised.",
     "POST /api/v1/namespaces/{ns}/workflows/{wid}/update": "Send an update and wait (up to `timeout` seconds, at most 300) until it reaches `wait_for_stage`. `400 update_rejected` when the validator refused it.",
-    "POST /api/v1/tasks/complete": "How SDK workers report a workflow task's commands or an activity's outcome (the same JSON replies a plain service publishes to `sagas.completions`). `409 stale_task` for a task that is no longer pending (harmless), `400 invalid_task_token` for a forged token.",
     "POST /api/v1/queues/{queue}/receive": "Long-poll up to `max_messages` (at most 100) deliveries, waiting up to `wait` seconds (at most 30). A delivery is leased: ack it, nack it, or it comes back after the visibility timeout.",
     "POST /api/v1/queues/{queue}/ack": "The delivery with this `receipt` was handled: it is gone.",
     "POST /api/v1/queues/{queue}/nack": "Give the delivery back (`requeue: true`) or dead-letter it with `reason` (`requeue: false`).",

@@ -22,7 +22,7 @@ All paths are under ``/api/v1``; ``{ns}`` is a namespace name.
 | POST | /namespaces/{ns}/workflows/{wid}/cancel | :class:`CancelRequest` -> :class:`Ack` |
 | POST | /namespaces/{ns}/workflows/{wid}/terminate | :class:`TerminateRequest` -> :class:`Ack` |
 | GET  | /namespaces/{ns}/archived-workflows/{wid}/history?run_id= | -> :class:`ArchivedHistoryResponse` (archival) |
-| POST | /tasks/complete | any ``brokers.envelope.Reply`` -> :class:`Ack` |
+| POST | /tasks/complete?ack_queue=&ack_receipt= | any ``brokers.envelope.Reply`` -> :class:`CompleteTaskResponse` (optionally acks the built-in broker delivery it answers) |
 | POST | /queues/{queue}/receive | :class:`ReceiveRequest` -> :class:`ReceiveResponse` (built-in broker, long poll) |
 | POST | /queues/{queue}/ack | :class:`SettleRequest` -> :class:`Ack` |
 | POST | /queues/{queue}/nack | :class:`SettleRequest` -> :class:`Ack` |
@@ -60,6 +60,14 @@ class Ack(BaseModel):
     ok: bool = True
     cancel_requested: bool = False
     """Set on a heartbeat's answer when the workflow asked to cancel the activity."""
+
+
+class CompleteTaskResponse(Ack):
+    """The answer to ``POST /tasks/complete``."""
+
+    acked: bool = False
+    """True when the request named a built-in broker delivery (``ack_queue`` + ``ack_receipt``) and the
+    server acked it after applying the reply; False otherwise (the worker acks it itself)."""
 
 
 class ClusterInfo(BaseModel):

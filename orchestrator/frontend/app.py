@@ -14,6 +14,7 @@ also take a token from the namespace's rate limit.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import re
@@ -31,7 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from brokers import envelope as env
 from brokers import tracing
-from brokers.base import Delivery
+from brokers.base import BrokerError, Delivery
 from orchestrator.api import http as H
 from orchestrator.errors import (
     InvalidArgumentError,
@@ -162,7 +163,7 @@ def create_app(orc: Orchestrator) -> FastAPI:
         """Dependency of a built-in broker route: worker on the queue's namespace (see ``queue_target``)."""
 
         @permission_check
-        def check(queue: str, request: Request) -> None:
+        async def check(queue: str, request: Request) -> None:  # async: a sync one would run in a thread
             auth.require(caller(request), queue_target(orc.prefix, queue, operation))
 
         return Depends(check)
@@ -171,7 +172,7 @@ def create_app(orc: Orchestrator) -> FastAPI:
         """Dependency of a route that needs ``target`` regardless of namespace."""
 
         @permission_check
-        def check(request: Request) -> None:
+        async def check(request: Request) -> None:  # async: a sync one would run in a thread
             auth.require(caller(request), target)
 
         return Depends(check)
@@ -493,11 +494,19 @@ def create_app(orc: Orchestrator) -> FastAPI:
         return H.UpdateWorkflowResponse(update_id=update_id, stage=stage, result=u.result, failure=u.failure)
 
     # workers -----------------------------------------------------------------------------------
+    broker = orc.broker
+
     @app.post(
-        "/api/v1/tasks/complete", response_model=H.Ack,
+        "/api/v1/tasks/complete", response_model=H.CompleteTaskResponse, description=_COMPLETE_DESCRIPTION,
         dependencies=[on_cluster(Target.on_some_namespace(Permission.WORKER))],
     )
-    async def complete(request: Request) -> H.Ack:
+    async def complete(
+        request: Request,
+        ack_queue: str | None = Query(None, description="Built-in broker queue of the delivery to ack once the reply is applied."),
+        ack_receipt: str | None = Query(None, description="Receipt of that delivery (from `receive`)."),
+    ) -> Response:
+        if (ack_queue is None) != (ack_receipt is None):
+            raise InvalidArgumentError("ack_queue and ack_receipt go together: name both or neither")
         body = await request.body()
         try:
             reply = env.parse_reply(body, max_body)
@@ -512,30 +521,30 @@ def create_app(orc: Orchestrator) -> FastAPI:
             namespace = env.peek_token(reply.task_token).namespace
         except env.EnvelopeError as exc:
             raise InvalidTaskTokenError(str(exc)) from exc
-        auth.require(caller(request), Target.on(Permission.WORKER, namespace))
+        claims = caller(request)
+        auth.require(claims, Target.on(Permission.WORKER, namespace))
+        if ack_queue is not None:  # the same check as POST /queues/{queue}/ack, before anything happens
+            auth.require(claims, queue_target(orc.prefix, ack_queue, "ack"))
         cancel_requested = await orc.completions.handle(reply)
-        return H.Ack(cancel_requested=cancel_requested)
+        if ack_queue is None or ack_receipt is None:
+            return Response(_COMPLETED[cancel_requested], media_type="application/json")
+        # Only after the reply was applied: had that failed, the delivery would stay leased and come back.
+        try:
+            await broker.ack(Delivery(queue=ack_queue, body=b"", receipt=ack_receipt))
+        except BrokerError as exc:  # applied, not acked: the worker acks it itself
+            log.warning("applied a completion but could not ack its delivery on %s: %s", ack_queue, exc)
+            return Response(_COMPLETED[cancel_requested], media_type="application/json")
+        return Response(_COMPLETED_ACKED[cancel_requested], media_type="application/json")
 
     # the built-in broker, for remote workers ---------------------------------------------------
-    broker = orc.broker
-
+    # The hot routes below return pre-encoded JSON (a ``Response``), which FastAPI sends as is:
+    # ``response_model`` only documents it. Their answers must stay valid for that model.
     @app.post("/api/v1/queues/{queue}/receive", response_model=H.ReceiveResponse, dependencies=[on_queue("receive")])
-    async def receive(queue: str, body: H.ReceiveRequest, request: Request) -> H.ReceiveResponse:
+    async def receive(queue: str, body: H.ReceiveRequest, request: Request) -> Response:
         deliveries = await _receive_unless_gone(
             request, queue, max(1, min(body.max_messages, 100)), min(max(body.wait, 0.0), 30.0)
         )
-        return H.ReceiveResponse(
-            deliveries=[
-                H.WireDelivery(
-                    message_id=d.message_id,
-                    body=d.body.decode(),
-                    headers=d.headers,
-                    delivery_count=d.delivery_count,
-                    receipt=str(d.receipt),
-                )
-                for d in deliveries
-            ]
-        )
+        return Response(_receive_response(deliveries), media_type="application/json")
 
     async def _receive_unless_gone(request: Request, queue: str, max_messages: int, wait: float) -> list[Delivery]:
         """Long-poll the broker, but stop when the worker hung up: a message handed to a
@@ -555,14 +564,14 @@ def create_app(orc: Orchestrator) -> FastAPI:
         return deliveries
 
     @app.post("/api/v1/queues/{queue}/ack", response_model=H.Ack, dependencies=[on_queue("ack")])
-    async def ack(queue: str, body: H.SettleRequest) -> H.Ack:
+    async def ack(queue: str, body: H.SettleRequest) -> Response:
         await broker.ack(Delivery(queue=queue, body=b"", receipt=body.receipt))
-        return H.Ack()
+        return Response(_ACKED, media_type="application/json")
 
     @app.post("/api/v1/queues/{queue}/nack", response_model=H.Ack, dependencies=[on_queue("nack")])
-    async def nack(queue: str, body: H.SettleRequest) -> H.Ack:
+    async def nack(queue: str, body: H.SettleRequest) -> Response:
         await broker.nack(Delivery(queue=queue, body=b"", receipt=body.receipt), requeue=body.requeue, reason=body.reason)
-        return H.Ack()
+        return Response(_ACKED, media_type="application/json")
 
     @app.post("/api/v1/queues/{queue}/publish", response_model=H.PublishResponse, dependencies=[on_queue("publish")])
     async def publish(queue: str, body: H.PublishRequest, request: Request) -> H.PublishResponse:
@@ -625,6 +634,47 @@ def _redact_url(url: str) -> str:
         return url
     netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+_COMPLETE_DESCRIPTION = (
+    "How SDK workers report a workflow task's commands or an activity's outcome (the same JSON replies a plain "
+    "service publishes to `sagas.completions`). `409 stale_task` for a task that is no longer pending (harmless), "
+    "`400 invalid_task_token` for a forged token. A worker of the built-in broker names the delivery it answers "
+    "with `ack_queue` and `ack_receipt` (which need the same permission as `POST /api/v1/queues/{queue}/ack`): "
+    "the server acks it once the reply is applied and answers `acked: true`, saving the separate ack. When the "
+    "reply is refused (any error) the delivery is not acked; it comes back after its visibility timeout unless "
+    "the worker settles it."
+)
+
+
+def _encoded(model: H.Ack) -> bytes:
+    return model.model_dump_json().encode()
+
+
+_ACKED = _encoded(H.Ack())
+"""The body of every plain ``Ack`` answer, encoded once."""
+_COMPLETED = {c: _encoded(H.CompleteTaskResponse(cancel_requested=c)) for c in (False, True)}
+_COMPLETED_ACKED = {c: _encoded(H.CompleteTaskResponse(cancel_requested=c, acked=True)) for c in (False, True)}
+
+
+def _receive_response(deliveries: list[Delivery]) -> bytes:
+    """A ``ReceiveResponse`` as JSON, in one dump (no model object per message)."""
+    return json.dumps(
+        {
+            "deliveries": [
+                {
+                    "message_id": d.message_id,
+                    "body": d.body.decode(),
+                    "headers": d.headers,
+                    "delivery_count": d.delivery_count,
+                    "receipt": str(d.receipt),
+                }
+                for d in deliveries
+            ]
+        },
+        ensure_ascii=False,
+        separators=(",", ":"),
+    ).encode()
 
 
 class _MalformedJson(InvalidArgumentError):

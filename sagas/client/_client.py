@@ -13,6 +13,7 @@ from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
 from brokers import tracing
+from brokers.base import Delivery
 from brokers.envelope import ActivityHeartbeat, ActivityResult
 from orchestrator.api.common import Failure
 from orchestrator.api.enums import TimeoutType, WorkflowExecutionStatus, WorkflowIDReusePolicy
@@ -22,6 +23,7 @@ from orchestrator.api.http import (
     ArchivedHistoryResponse,
     CancelRequest,
     ClusterInfo,
+    CompleteTaskResponse,
     CountWorkflowsResponse,
     DescribeWorkflowResponse,
     HistoryResponse,
@@ -581,9 +583,16 @@ class Client:
             if not events or (page.next_page_token is None and len(events) < page_size):
                 return
 
-    async def _complete_task(self, reply: Any) -> Ack:
-        """POST a worker reply (``brokers.envelope`` message) to ``/tasks/complete``."""
-        return await self._transport.call_model(Ack, "POST", "/tasks/complete", reply, idempotent=True)
+    async def _complete_task(self, reply: Any, *, ack: Delivery | None = None) -> CompleteTaskResponse:
+        """POST a worker reply (``brokers.envelope`` message) to ``/tasks/complete``.
+
+        ``ack``: a delivery of the server's built-in broker that this reply answers; the server
+        acks it once the reply is applied (answer ``acked``), saving a ``/queues/{q}/ack`` request.
+        """
+        params = None if ack is None else {"ack_queue": ack.queue, "ack_receipt": str(ack.receipt)}
+        return await self._transport.call_model(
+            CompleteTaskResponse, "POST", "/tasks/complete", reply, params=params, idempotent=True
+        )
 
 
 class WorkflowHandle(Generic[ReturnT]):

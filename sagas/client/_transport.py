@@ -38,6 +38,21 @@ _RETRY_DELAYS = (0.1, 0.3, 0.8)
 
 _START_HINT = "start a server with `sagas server start-dev`, or pass the right address"
 
+MAX_KEEPALIVE_CONNECTIONS = 16
+"""Connections the client keeps open for reuse (``httpx.Limits.max_keepalive_connections``).
+
+httpcore walks every pooled connection on every request (expiry and a socket-readable probe
+each, ``AsyncConnectionPool._assign_requests_to_connections``), so a big pool costs CPU on every
+call: with 100 a worker spent about half its time there (``bench/results/PROFILE.md``). httpcore
+1.0 also closes a released connection whenever the pool holds more than this many connections
+in all (busy ones included), so it bounds the pool, not only the idle connections. 16 covers a
+worker's long polls (one per polled queue, at most four) plus a dozen concurrent replies;
+more concurrent calls still work (``max_connections``) on short-lived connections. Measured on
+the one-activity benchmark at 32 concurrent workflows (worker CPU ms per workflow): 100 and 32
+cost the same (~11.3), 16 about 7.5, 8 about 6.4; 16 keeps connection churn (a TLS handshake
+each, with TLS) low for busier workers.
+"""
+
 _MAX_RATE_LIMIT_WAIT = 5.0
 """Longest ``Retry-After`` a rate-limited call waits before its next attempt."""
 
@@ -119,7 +134,7 @@ class Transport:
             "base_url": self.base_url + API_PREFIX,
             "headers": self.headers,
             "timeout": httpx.Timeout(timeout, pool=None),
-            "limits": httpx.Limits(max_connections=1000, max_keepalive_connections=100),
+            "limits": httpx.Limits(max_connections=1000, max_keepalive_connections=MAX_KEEPALIVE_CONNECTIONS),
         }
         if http_transport is not None:
             kwargs["transport"] = http_transport

@@ -2,7 +2,9 @@
 
 For each task message (``brokers.envelope.ActivityTask``):
 
-* ``ActivityStarted`` is reported in the background as the function starts;
+* ``ActivityStarted`` is reported in the background once the function has run for
+  :data:`STARTED_REPORT_DELAY` (one that finishes sooner is never reported started:
+  its result implies the start);
 * arguments are converted by the function's type hints;
 * the attempt's ``deadline`` is enforced locally: the coroutine is cancelled
   (a sync function is abandoned and sees ``is_cancelled()``) and nothing is
@@ -10,7 +12,9 @@ For each task message (``brokers.envelope.ActivityTask``):
 * ``activity.heartbeat()`` is throttled and its answer may request
   cancellation (async: ``asyncio.CancelledError``; sync: ``is_cancelled()``);
 * the outcome is reported as ``ActivityResult`` (result, failure or
-  ``canceled``), except after ``activity.raise_complete_async()``.
+  ``canceled``), except after ``activity.raise_complete_async()``. With the
+  built-in broker the report carries the delivery, which the server acks once
+  it applied the result (no separate ack).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import concurrent.futures
 import contextvars
 import functools
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +50,7 @@ from sagas.activity._context import (
 )
 from sagas.activity._definition import ActivityDefinition
 from sagas.exceptions import CancelledError, RPCError, error_to_failure
-from sagas.worker._poller import ACK, REQUEUE, Settle, dead_letter
+from sagas.worker._poller import ACK, REQUEUE, SETTLED, Settle, dead_letter
 
 if TYPE_CHECKING:
     from sagas.client import Client
@@ -57,6 +61,17 @@ _GONE_CODES = frozenset({"stale_task", "workflow_not_found", "workflow_not_runni
 """Heartbeat answers meaning the server no longer waits for this attempt."""
 
 _RETRYABLE_CODES = frozenset({"unavailable", "deadline_exceeded", "rate_limited", "internal"})
+
+STARTED_REPORT_DELAY = 0.1
+"""Seconds an activity runs before the worker reports ``ActivityStarted``.
+
+Most activities finish sooner, and their result alone is enough: the server records
+``ActivityTaskStarted`` together with the outcome, so not reporting the start saves one request
+per activity. Until the start is reported (or a heartbeat arrives) the server counts
+start-to-close from the dispatch (a safe, earlier bound), a schedule-to-start timeout may still
+fire, and a cancellation request from the workflow cancels the attempt at once instead of
+waiting for the activity to acknowledge it.
+"""
 
 HEARTBEAT_DEFAULT_INTERVAL = 1.0
 HEARTBEAT_MAX_INTERVAL = 30.0
@@ -142,9 +157,10 @@ class _Heartbeater:
 class _RunningActivity:
     """One attempt in progress: its context, task and why it was cancelled."""
 
-    def __init__(self, msg: ActivityTask, defn: ActivityDefinition) -> None:
+    def __init__(self, msg: ActivityTask, defn: ActivityDefinition, delivery: Delivery) -> None:
         self.msg = msg
         self.defn = defn
+        self.delivery = delivery
         self.ctx: ActivityContext | None = None
         self.task: asyncio.Future[Any] | None = None
 
@@ -173,9 +189,13 @@ class ActivityTaskHandler:
         identity: str,
         task_queue: str,
         max_message_bytes: int,
+        ack_with_completion: bool = False,
     ) -> None:
         self._client = client
         self._activities = dict(activities)
+        self._ack_with_completion = ack_with_completion
+        """The broker is the built-in broker of the server we report to: a result carries the
+        delivery it answers and the server acks it (one request instead of two)."""
         self._executor = executor
         self._identity = identity
         self._task_queue = task_queue
@@ -211,8 +231,8 @@ class ActivityTaskHandler:
                 non_retryable=False,
             )
             _log.warning("%s", failure.message)
-            return await self._report(msg, ActivityResult(task_token=msg.task_token, failure=failure))
-        running = _RunningActivity(msg, defn)
+            return await self._report(msg, ActivityResult(task_token=msg.task_token, failure=failure), delivery)
+        running = _RunningActivity(msg, defn, delivery)
         self._running.add(running)
         try:
             with tracing.span(f"RunActivity:{msg.activity_type}", parent=delivery.headers, kind="consumer",
@@ -229,7 +249,7 @@ class ActivityTaskHandler:
         if remaining is not None and remaining <= 0:
             _log.info("activity %s of %s arrived after its deadline; skipping it", msg.activity_id, msg.workflow_id)
             return ACK
-        started = self._post_in_background(ActivityStarted(task_token=msg.task_token, identity=self._identity))
+        started = _StartedReport(self, ActivityStarted(task_token=msg.task_token, identity=self._identity))
         heartbeater = _Heartbeater(self._client, running, heartbeat_interval(msg.heartbeat_timeout))
         info = _info(msg, self._task_queue)
         running.ctx = ActivityContext(
@@ -245,7 +265,7 @@ class ActivityTaskHandler:
             outcome = await self._run_to_outcome(running, remaining)
         finally:
             await heartbeater.close()
-            await _quietly(started)
+            await started.finish()
         if outcome is None:
             return ACK  # deadline passed: the server's durable timer times the attempt out
         result, error = outcome
@@ -312,11 +332,11 @@ class ActivityTaskHandler:
                 payload = self._client.data_converter.to_payload(result)
             except Exception as exc:  # not JSON, or over the payload limit
                 return await self._report(
-                    msg, ActivityResult(task_token=msg.task_token, failure=error_to_failure(exc))
+                    msg, ActivityResult(task_token=msg.task_token, failure=error_to_failure(exc)), running.delivery
                 )
-            return await self._report(msg, ActivityResult(task_token=msg.task_token, result=payload))
+            return await self._report(msg, ActivityResult(task_token=msg.task_token, result=payload), running.delivery)
         if reason is not None and reason.cancel_requested and isinstance(error, (asyncio.CancelledError, CancelledError)):
-            return await self._report(msg, ActivityResult(task_token=msg.task_token, canceled=True))
+            return await self._report(msg, ActivityResult(task_token=msg.task_token, canceled=True), running.delivery)
         _log.warning(
             "activity %s (%s) of workflow %s failed on attempt %d: %s",
             msg.activity_id,
@@ -326,12 +346,20 @@ class ActivityTaskHandler:
             error,
             exc_info=error if not isinstance(error, asyncio.CancelledError) else None,
         )
-        return await self._report(msg, ActivityResult(task_token=msg.task_token, failure=error_to_failure(error)))
+        return await self._report(
+            msg, ActivityResult(task_token=msg.task_token, failure=error_to_failure(error)), running.delivery
+        )
 
-    async def _report(self, msg: ActivityTask, reply: ActivityResult) -> Settle:
+    async def _report(self, msg: ActivityTask, reply: ActivityResult, delivery: Delivery) -> Settle:
+        """Report the outcome; SETTLED when the server acked the delivery with it (see ``ack_with_completion``).
+
+        A refused report acks nothing: the delivery is then settled by the poller (ACK or REQUEUE).
+        """
         reply = reply.model_copy(update={"identity": self._identity})
         try:
-            await self._client._complete_task(reply)
+            answer = await self._client._complete_task(reply, ack=delivery if self._ack_with_completion else None)
+            if answer.acked:
+                return SETTLED
         except RPCError as exc:
             if exc.code in _RETRYABLE_CODES:
                 _log.warning("could not report activity %s (%s); will retry the task", msg.activity_id, exc)
@@ -339,8 +367,8 @@ class ActivityTaskHandler:
             _log.info("server did not take the outcome of activity %s: %s", msg.activity_id, exc)
         return ACK
 
-    def _post_in_background(self, reply: ActivityStarted) -> asyncio.Task[Any]:
-        task = asyncio.create_task(self._client._complete_task(reply))
+    def _in_background(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         task.add_done_callback(_log_started_failure)
@@ -349,6 +377,25 @@ class ActivityTaskHandler:
     async def aclose(self) -> None:
         for task in list(self._background):
             await _quietly(task)
+
+
+class _StartedReport:
+    """``ActivityStarted`` for one attempt, posted after :data:`STARTED_REPORT_DELAY` unless the attempt ended first."""
+
+    def __init__(self, handler: ActivityTaskHandler, reply: ActivityStarted) -> None:
+        self._sending = False
+        self._task = handler._in_background(self._post_later(handler._client, reply))
+
+    async def _post_later(self, client: Client, reply: ActivityStarted) -> None:
+        await asyncio.sleep(STARTED_REPORT_DELAY)
+        self._sending = True
+        await client._complete_task(reply)
+
+    async def finish(self) -> None:
+        """The attempt ended: drop the report if it is not on its way yet, else wait for it (so it precedes the outcome)."""
+        if not self._sending:
+            self._task.cancel()
+        await _quietly(self._task)
 
 
 def _log_started_failure(task: asyncio.Task[Any]) -> None:

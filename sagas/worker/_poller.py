@@ -1,7 +1,8 @@
 """Take tasks from one broker queue and hand each to a handler, within a concurrency limit.
 
 The poller settles every delivery itself, after the handler returned: ack,
-requeue (``nack(requeue=True)``) or dead-letter (``nack(requeue=False)``).
+requeue (``nack(requeue=True)``) or dead-letter (``nack(requeue=False)``),
+unless the handler says it is already settled (``SETTLED``).
 A handler that is still running when the worker gives up on it (graceful
 shutdown timed out) is cancelled and its delivery requeued.
 """
@@ -33,7 +34,8 @@ class Settle:
 ACK = Settle()
 REQUEUE = Settle(requeue=True, reason="worker could not finish the task")
 SETTLED = Settle(reason="settled by the handler")
-"""The handler acked the delivery itself (early); the poller must not settle it again."""
+"""The delivery is already settled, and the poller must not settle it again: the handler acked it
+itself (early), or the server acked it with the completion that answered it (built-in broker)."""
 
 
 def dead_letter(reason: str) -> Settle:

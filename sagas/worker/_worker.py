@@ -124,6 +124,9 @@ class Worker:
         )
         self._session_handlers: list[ActivityTaskHandler | SessionCreationHandler] = []
         self._broker: Broker | None = None
+        self._ack_with_completion = False
+        """The broker is the built-in broker of the server the client talks to: completions carry
+        the delivery they answer and the server acks it (``POST /tasks/complete?ack_queue=...``)."""
         self._pollers: list[QueuePoller] = []
         self._activity_handler: ActivityTaskHandler | None = None
         self._workflow_handler: WorkflowTaskHandler | None = None
@@ -175,6 +178,7 @@ class Worker:
                 sni_hostname=transport.sni_hostname,
             )
             await local.connect()
+            self._ack_with_completion = True
             return local
         return await open_broker(url)
 
@@ -191,6 +195,7 @@ class Worker:
                 identity=self._identity,
                 max_cached_workflows=self._max_cached,
                 max_message_bytes=max_bytes,
+                ack_with_completion=self._ack_with_completion,
             )
             self._pollers.append(
                 QueuePoller(
@@ -211,6 +216,7 @@ class Worker:
                 identity=self._identity,
                 task_queue=self._task_queue,
                 max_message_bytes=max_bytes,
+                ack_with_completion=self._ack_with_completion,
             )
             self._pollers.append(
                 QueuePoller(
@@ -243,6 +249,7 @@ class Worker:
             identity=self._identity,
             task_queue=self._session_task_queue,
             max_message_bytes=max_bytes,
+            ack_with_completion=self._ack_with_completion,
         )
         self._session_handlers = [creation, in_session]
         self._pollers.append(

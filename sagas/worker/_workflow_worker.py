@@ -36,7 +36,7 @@ from orchestrator.api.common import Failure
 from orchestrator.api.enums import EventType
 from orchestrator.api.events import HistoryEvent, parse_events
 from sagas.exceptions import NondeterminismError, RPCError, error_to_failure
-from sagas.worker._poller import ACK, REQUEUE, Settle, dead_letter
+from sagas.worker._poller import ACK, REQUEUE, SETTLED, Settle, dead_letter
 from sagas.workflow._instance import StaleInstanceError, WorkflowInstance, WorkflowRunner
 
 if TYPE_CHECKING:
@@ -82,9 +82,13 @@ class WorkflowTaskHandler:
         identity: str,
         max_cached_workflows: int,
         max_message_bytes: int,
+        ack_with_completion: bool = False,
     ) -> None:
         self._client = client
         self._runner = runner
+        self._ack_with_completion = ack_with_completion
+        """The broker is the built-in broker of the server we complete tasks on: a completion
+        carries the delivery it answers and the server acks it (one request instead of two)."""
         self._identity = identity
         self._max_cached = max_cached_workflows
         self._max_message_bytes = max_message_bytes
@@ -108,13 +112,13 @@ class WorkflowTaskHandler:
         if not isinstance(msg, WorkflowTask):
             return dead_letter(f"invalid_message: a {msg.kind} on a workflow task queue")
         async with self._locks.hold(msg.run_id):
-            return await self._handle_task(msg)
+            return await self._handle_task(msg, delivery)
 
     # -- tasks -------------------------------------------------------------
 
-    async def _handle_task(self, msg: WorkflowTask) -> Settle:
+    async def _handle_task(self, msg: WorkflowTask, delivery: Delivery) -> Settle:
         if msg.query is not None:
-            return await self._answer_query(msg)
+            return await self._answer_query(msg, delivery)
         try:
             commands = await self._activate(msg)
         except RPCError as exc:
@@ -135,15 +139,15 @@ class WorkflowTaskHandler:
                 exc,
                 exc_info=not _is_expected(exc),
             )
-            return await self._fail(msg, exc)
+            return await self._fail(msg, exc, delivery)
         reply = WorkflowTaskCompleted(
             task_token=msg.task_token,
             commands=dump_commands(commands),
             identity=self._identity,
             sticky_queue=self.sticky_queue if msg.run_id in self._cache else "",
         )
-        outcome = await self._send(msg, reply)
-        if outcome is not ACK:
+        outcome = await self._send(msg, reply, delivery)
+        if outcome is not ACK and outcome is not SETTLED:
             self._evict(msg.run_id)
         return outcome
 
@@ -198,7 +202,7 @@ class WorkflowTaskHandler:
             events.extend(tail)
         return events
 
-    async def _answer_query(self, msg: WorkflowTask) -> Settle:
+    async def _answer_query(self, msg: WorkflowTask, delivery: Delivery) -> Settle:
         assert msg.query is not None
         reply: WorkflowTaskCompleted
         try:
@@ -225,7 +229,7 @@ class WorkflowTaskHandler:
             reply = WorkflowTaskCompleted(
                 task_token=msg.task_token, query_failure=error_to_failure(exc), identity=self._identity
             )
-        return await self._send(msg, reply)
+        return await self._send(msg, reply, delivery)
 
     async def _cache_is_current(self, msg: WorkflowTask, instance: WorkflowInstance) -> bool:
         """True unless a task of this run was completed elsewhere since the cached instance's last one.
@@ -246,19 +250,25 @@ class WorkflowTaskHandler:
                 completed += 1
         return completed <= 1
 
-    async def _fail(self, msg: WorkflowTask, exc: BaseException) -> Settle:
+    async def _fail(self, msg: WorkflowTask, exc: BaseException, delivery: Delivery) -> Settle:
         failure = error_to_failure(exc)
         cause = "NonDeterministicError" if isinstance(exc, NondeterminismError) else "WorkflowWorkerUnhandledFailure"
         if getattr(exc, "type", None) == "WorkflowTypeNotRegistered":
             cause = "WorkflowTypeNotRegistered"
         reply = WorkflowTaskFailed(task_token=msg.task_token, failure=failure, cause=cause, identity=self._identity)
-        return await self._send(msg, reply)
+        return await self._send(msg, reply, delivery)
 
-    async def _send(self, msg: WorkflowTask, reply: WorkflowTaskCompleted | WorkflowTaskFailed) -> Settle:
-        """POST the reply; decide how to settle the delivery from the answer."""
+    async def _send(
+        self, msg: WorkflowTask, reply: WorkflowTaskCompleted | WorkflowTaskFailed, delivery: Delivery
+    ) -> Settle:
+        """POST the reply; decide how to settle the delivery from the answer.
+
+        With ``ack_with_completion`` the reply carries the delivery and the server acks it once the
+        reply is applied (SETTLED); a refused reply acks nothing, so the delivery is settled here.
+        """
         try:
-            await self._client._complete_task(reply)
-            return ACK
+            answer = await self._client._complete_task(reply, ack=delivery if self._ack_with_completion else None)
+            return SETTLED if answer.acked else ACK
         except RPCError as exc:
             if exc.code == "stale_task":
                 _log.debug("task of %s was already completed or timed out: %s", msg.run_id, exc)
