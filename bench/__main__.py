@@ -5,6 +5,10 @@
     python -m bench run --workload all                  # every workload, sagas and temporal
     python -m bench run --workload timers --timers 300  # fewer timer workflows
     python -m bench run --workload one_activity --systems sagas --profile   # py-spy our server + worker
+    python -m bench run --workload open --open 10000 --systems sagas,temporal,dbos   # 10k open workflows
+    python -m bench run --workload one_activity --systems sagas,sagas-rabbitmq,sagas-kafka   # real brokers
+    python -m bench run --workload one_activity --rate 20       # open loop: 20 starts/s, Poisson arrivals
+    python -m bench run --workload one_activity --rate-of-peak 0.5   # our closed-loop peak first, then 50% of it
     python -m bench report                              # README.md + charts from the JSON files
     python -m bench brokers                             # tasks/s + latency per broker (bench/brokers.py)
 
@@ -35,19 +39,21 @@ from typing import Any
 
 from bench import load, report
 from bench.profile import summarize_raw
-from bench.systems import SdkSystem, System, open_sagas, open_temporal
+from bench.systems import BROKER_KINDS, SdkSystem, System, open_sagas, open_temporal, sqlite_journal_mode
 
-SYSTEMS = ("sagas", "temporal", "dbos")
+SYSTEMS = ("sagas", "sagas-rabbitmq", "sagas-kafka", "temporal", "temporal-sandbox", "dbos")
+"""``sagas-<broker>``: our server on that broker; ``temporal-sandbox``: temporalio's default (sandboxed) runner."""
+DB_FILES = {"sagas": "sagas.db", "temporal": "temporal.db", "dbos": "dbos.sqlite"}
 PROFILES = report.RESULTS / "profile"
 
 
 @contextlib.asynccontextmanager
 async def open_system(name: str, tmp: Path, max_concurrent: int) -> AsyncIterator[System]:
-    if name == "sagas":
-        async with open_sagas(tmp, max_concurrent) as s:
+    if name == "sagas" or name.removeprefix("sagas-") in BROKER_KINDS:
+        async with open_sagas(tmp, max_concurrent, broker=name.removeprefix("sagas-") if name != "sagas" else None) as s:
             yield s
-    elif name == "temporal":
-        async with open_temporal(tmp, max_concurrent) as s:
+    elif name in ("temporal", "temporal-sandbox"):
+        async with open_temporal(tmp, max_concurrent, sandbox=name == "temporal-sandbox") as s:
             yield s
     else:
         from bench.dbos_system import open_dbos  # optional dependency
@@ -108,6 +114,22 @@ async def measure(name: str, args: argparse.Namespace, workload: str, stamp: str
                     system, count=args.timers, sleep=1.0, concurrency=args.concurrency,
                     op_timeout=args.op_timeout, prefix=prefix,
                 )
+            elif workload == "open":
+                probe = await load.start_rate_probe(
+                    system, count=min(args.open, 100), concurrency=args.concurrency, prefix=f"{prefix}-probe",
+                    op_timeout=args.op_timeout,
+                )
+                counters0, cpu0 = await system.counters(), system.cpu_seconds()
+                m = await load.open_batch(
+                    system, count=args.open, concurrency=args.concurrency, probe=probe,
+                    fire_rate=args.open_fire_rate, hold=args.open_hold, op_timeout=args.op_timeout,
+                    prefix=prefix, rss=system.rss_bytes,
+                )
+            elif args.rate:
+                m = await load.open_loop(
+                    system, workload, rate=args.rate, duration=args.duration, arrivals=args.arrivals,
+                    op_timeout=args.op_timeout, prefix=prefix,
+                )
             else:
                 m = await load.closed_loop(
                     system, workload, concurrency=args.concurrency, duration=args.duration,
@@ -115,6 +137,7 @@ async def measure(name: str, args: argparse.Namespace, workload: str, stamp: str
                 )
             cpu1 = system.cpu_seconds()
             counters1 = await system.counters()
+            rss_end = system.rss_bytes()
             for spy in spies:
                 await spy.stop()
                 if spy.out.exists():
@@ -124,9 +147,13 @@ async def measure(name: str, args: argparse.Namespace, workload: str, stamp: str
             cpu = {role: cpu1[role] - cpu0.get(role, 0.0) for role in cpu1}
             counted = {k: v - counters0.get(k, 0.0) for k, v in counters1.items() if v - counters0.get(k, 0.0)}
             result = load.summarize(system, m, cpu, load_before, counted)
+            result["rss_mb_end"] = {role: round(v / 2**20, 1) for role, v in rss_end.items()}
             if isinstance(system, SdkSystem) and (m.errors or args.verbose):
                 result["logs_tail"] = {p.role: p.tail(10) for p in system.processes()}
-            return result
+        # Stopped: what its store file says about its durability (WAL persists in the file).
+        db = tmp / DB_FILES[name.split("-")[0]]
+        result["durability_measured"] = {"journal_mode": sqlite_journal_mode(db)}
+        return result
 
 
 def code_version() -> dict[str, Any]:
@@ -146,11 +173,22 @@ def run_workload(workload: str, systems: list[str], args: argparse.Namespace) ->
     }
     if workload == "timers":
         params |= {"workflows": args.timers, "sleep_s": 1.0}
+    elif workload == "open":
+        params |= {"workflows": args.open, "fire_rate_wf_per_s": args.open_fire_rate, "hold_s": args.open_hold,
+                   "start_concurrency": args.concurrency}
     else:
         params |= {"duration_s": args.duration}
+    if args.rate and workload != "open":
+        params |= {"open_loop_rate_wf_per_s": round(args.rate, 2), "arrivals": args.arrivals}
+        if getattr(args, "peak", None):
+            params["rate_fraction_of_peak"] = args.peak["fraction"]
+            params["sagas_peak_wf_per_s"] = args.peak["throughput_wf_per_s"]
     doc: dict[str, Any] = {
         "workload": workload,
-        "description": load.DESCRIPTIONS[workload],
+        "description": load.DESCRIPTIONS[workload] + (
+            f"; open loop: {args.rate:g} starts/s ({args.arrivals} arrivals) for {args.duration:g} s whatever "
+            "completes, latency = scheduled start -> result" if args.rate and workload != "open" else ""
+        ),
         "run_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "host": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "params": params,
@@ -158,6 +196,8 @@ def run_workload(workload: str, systems: list[str], args: argparse.Namespace) ->
         "note": "systems run back-to-back on a shared machine (other work may add noise)",
         "systems": {},
     }
+    if args.rate and workload != "open" and getattr(args, "peak", None):
+        doc["peak"] = args.peak  # the closed-loop run the rate was derived from
     per_system: dict[str, list[dict[str, Any]]] = {name: [] for name in systems}
     for round_no in range(args.rounds):
         # Alternate the order so that neither system always runs on a warmer (or busier) machine.
@@ -199,6 +239,10 @@ def run(args: argparse.Namespace, *, regenerate: bool = True) -> int:
             raise SystemExit(f"unknown workload {w!r}; choose from {', '.join(load.WORKLOADS)} or all")
     if args.name and len(workloads) != 1:
         raise SystemExit("--name names the results of one workload; give a single --workload")
+    if args.rate_of_peak:
+        if len(workloads) != 1 or workloads[0] not in load.CLOSED_LOOP:
+            raise SystemExit("--rate-of-peak needs a single closed-loop --workload (one_activity, saga3, signal)")
+        args = measure_peak(workloads[0], args)
     failed = False
     for workload in workloads:
         doc = run_workload(workload, systems, args)
@@ -213,6 +257,21 @@ def run(args: argparse.Namespace, *, regenerate: bool = True) -> int:
     return 1 if failed else 0
 
 
+def measure_peak(workload: str, args: argparse.Namespace) -> argparse.Namespace:
+    """Our closed-loop peak (``--concurrency`` clients, one round), then ``--rate`` = that x ``--rate-of-peak``."""
+    print(f"[{workload}] measuring the sagas peak (closed loop, {args.concurrency} clients) ...", flush=True)
+    closed = argparse.Namespace(**{**vars(args), "rate": None, "rate_of_peak": None, "rounds": 1})
+    peak_doc = run_workload(workload, ["sagas"], closed)
+    peak = peak_doc["systems"]["sagas"]
+    if not peak.get("completed"):
+        raise SystemExit(f"[{workload}] the sagas peak run failed: {peak.get('failed') or peak.get('error_examples')}")
+    rate = round(peak["throughput_wf_per_s"] * args.rate_of_peak, 2)
+    print(f"[{workload}] sagas peak {peak['throughput_wf_per_s']} wf/s -> open loop at {rate} wf/s", flush=True)
+    summary = {"system": "sagas", "throughput_wf_per_s": peak["throughput_wf_per_s"], "latency_ms": peak.get("latency_ms"),
+               "concurrency": args.concurrency, "duration_s": args.duration, "fraction": args.rate_of_peak}
+    return argparse.Namespace(**{**vars(args), "rate": rate, "rate_of_peak": None, "peak": summary})
+
+
 SUITE: list[tuple[str, dict[str, Any]]] = [
     ("one_activity", {}),
     ("one_activity_c1", {"workload": "one_activity", "concurrency": 1}),
@@ -220,13 +279,19 @@ SUITE: list[tuple[str, dict[str, Any]]] = [
     ("signal", {}),
     ("timers", {"timers": 300}),
     ("timers_1000", {"workload": "timers", "timers": 1000}),
+    ("open10k", {"workload": "open", "rounds": 1}),  # --open workflows (default 10000)
+    ("one_activity_brokers", {"workload": "one_activity", "systems": "sagas,sagas-rabbitmq,sagas-kafka"}),
+    ("one_activity_rate50", {"workload": "one_activity", "rate_of_peak": 0.5}),
 ]
 """What ``python -m bench suite`` runs: the result files committed in bench/results/, by name."""
 
 
 def run_suite(args: argparse.Namespace) -> int:
     failed = 0
+    only = set(args.only.split(",")) if args.only else None
     for name, overrides in SUITE:
+        if only is not None and name not in only:
+            continue
         one = argparse.Namespace(**{**vars(args), "workload": name, "name": name, **overrides})
         failed |= run(one, regenerate=False)
     for path in report.regenerate(args.results_dir):
@@ -235,7 +300,7 @@ def run_suite(args: argparse.Namespace) -> int:
 
 
 def _run_options(p: argparse.ArgumentParser, *, systems: str, rounds: int) -> None:
-    p.add_argument("--systems", default=systems, help="comma list of sagas, temporal, dbos (run in this order)")
+    p.add_argument("--systems", default=systems, help=f"comma list of {', '.join(SYSTEMS)} (run in this order)")
     p.add_argument("--duration", type=float, default=20.0, help="measured seconds per system (closed-loop workloads)")
     p.add_argument("--concurrency", type=int, default=32, help="concurrent clients (timers: concurrent start calls)")
     p.add_argument("--rounds", type=int, default=rounds, help="rounds of every system, order alternating each round")
@@ -243,6 +308,9 @@ def _run_options(p: argparse.ArgumentParser, *, systems: str, rounds: int) -> No
     p.add_argument("--op-timeout", type=float, default=60.0, help="seconds before one workflow counts as an error")
     p.add_argument("--results-dir", type=Path, default=report.RESULTS, help="where the JSON, table and charts go")
     p.add_argument("--verbose", action="store_true", help="keep the last log lines of every process in the JSON")
+    p.add_argument("--open", type=int, default=10000, help="open workload: workflows open at once")
+    p.add_argument("--open-fire-rate", type=float, default=100.0, help="open workload: timers due per second once all are open")
+    p.add_argument("--open-hold", type=float, default=10.0, help="open workload: seconds all stay open before the first is due")
 
 
 def main() -> None:
@@ -255,9 +323,13 @@ def main() -> None:
     r.add_argument("--timers", type=int, default=1000, help="workflows of the timers workload")
     r.add_argument("--profile", action="store_true", help="py-spy our server and worker; do not write results")
     r.add_argument("--name", help="results file stem (default: the workload), e.g. one_activity_c1")
+    r.add_argument("--rate", type=float, help="open loop: start this many workflows per second for --duration")
+    r.add_argument("--arrivals", choices=load.ARRIVALS, default="poisson", help="open loop: inter-arrival times")
+    r.add_argument("--rate-of-peak", type=float, help="measure our closed-loop peak first, then --rate = peak x this")
     s = sub.add_parser("suite", help=f"every committed result ({', '.join(n for n, _ in SUITE)}), 3 rounds")
-    _run_options(s, systems="sagas,temporal,dbos", rounds=3)
-    s.set_defaults(profile=False, timers=1000)
+    _run_options(s, systems="sagas,temporal,temporal-sandbox,dbos", rounds=3)
+    s.add_argument("--only", help="comma list of suite steps to run (default: all)")
+    s.set_defaults(profile=False, timers=1000, rate=None, arrivals="poisson", rate_of_peak=None)
     rep = sub.add_parser("report", help="regenerate bench/results/README.md and the charts from the JSON files")
     rep.add_argument("--results-dir", type=Path, default=report.RESULTS)
     b = sub.add_parser("brokers", help="tasks/s and dispatch latency per broker (bench/brokers.py)")

@@ -55,7 +55,8 @@ async def open_bench_broker(name: str, prefix: str) -> AsyncIterator[tuple[Broke
         server = DevServer(store_url="memory://", port=0)
         await server.start()
         try:
-            pub, con = (LocalBrokerClient.from_url(f"local://127.0.0.1:{server.port}") for _ in range(2))
+            clients: list[Broker] = [LocalBrokerClient.from_url(f"local://127.0.0.1:{server.port}") for _ in range(2)]
+            pub, con = clients
             await pub.connect()
             await con.connect()
             yield pub, con

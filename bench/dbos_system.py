@@ -1,3 +1,4 @@
+# mypy: allow-untyped-decorators
 """DBOS Transact as a system under test: a library in the harness process, SQLite system database.
 
 DBOS has no server and no worker: workflows run in the process that starts
@@ -13,6 +14,8 @@ sets its ``signal`` latency.
 from __future__ import annotations
 
 import contextlib
+import os
+import time
 from collections.abc import AsyncIterator
 from importlib import metadata
 from pathlib import Path
@@ -20,7 +23,7 @@ from typing import Any
 
 from dbos import DBOS, SetWorkflowID
 
-from bench.systems import harness_cpu
+from bench.systems import harness_cpu, process_rss
 from bench.workloads import SAGA_STEPS
 
 
@@ -47,7 +50,8 @@ async def cancel(kind: str, trip: dict[str, Any]) -> str:
 
 @DBOS.workflow(name="OneActivity")
 async def one_activity(value: int) -> int:
-    return await echo(value)
+    result: int = await echo(value)
+    return result
 
 
 @DBOS.workflow(name="TripSaga")
@@ -70,6 +74,14 @@ async def sleeper(seconds: float) -> float:
     return seconds
 
 
+@DBOS.workflow(name="OpenSleeper")
+async def open_sleeper(due: float) -> list[float]:
+    # DBOS has no workflow clock: the wall clock, as the step that would record it would read it.
+    started = time.time()
+    await DBOS.sleep_async(max(0.001, due - started))
+    return [started, time.time()]
+
+
 @DBOS.workflow(name="SignalWaiter")
 async def signal_waiter() -> str:
     await DBOS.set_event_async("waiting", True)
@@ -77,7 +89,13 @@ async def signal_waiter() -> str:
     return value
 
 
-WORKFLOWS: dict[str, Any] = {"one_activity": one_activity, "saga3": trip_saga, "timers": sleeper, "signal": signal_waiter}
+WORKFLOWS: dict[str, Any] = {
+    "one_activity": one_activity, "saga3": trip_saga, "timers": sleeper, "signal": signal_waiter, "open": open_sleeper,
+}
+DURABILITY = (
+    "SQLite system database with DBOS's defaults: no journal_mode or synchronous pragma (dbos/_sys_db_sqlite.py "
+    "sets only busy_timeout and foreign_keys), so SQLite's defaults: rollback journal, synchronous=FULL"
+)
 
 
 class DbosSystem:
@@ -89,6 +107,7 @@ class DbosSystem:
             "sdk": f"dbos {metadata.version('dbos')}",
             "system_database_url": "sqlite:///<tmp>/dbos.sqlite",
             "topology": "in-process library: load generator, workflows and system database in the harness process",
+            "durability": DURABILITY,
         }
         DBOS(config={"name": "bench", "system_database_url": url, "log_level": "WARNING"})
 
@@ -111,6 +130,9 @@ class DbosSystem:
 
     async def counters(self) -> dict[str, float]:
         return {}
+
+    def rss_bytes(self) -> dict[str, int]:
+        return {"harness": process_rss(os.getpid())}  # workflows, system database and load generator alike
 
 
 @contextlib.asynccontextmanager

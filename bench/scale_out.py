@@ -35,7 +35,15 @@ from pathlib import Path
 from typing import Any
 
 from bench import load
-from bench.systems import ManagedProcess, free_port, harness_cpu, parse_counters, poll_until, process_tree_cpu
+from bench.systems import (
+    ManagedProcess,
+    free_port,
+    harness_cpu,
+    parse_counters,
+    poll_until,
+    process_tree_cpu,
+    process_tree_rss,
+)
 from bench.workloads import build
 from orchestrator.membership import assign_shards
 from orchestrator.persistence.base import HistoryStore, open_store
@@ -132,6 +140,12 @@ class ClusterSystem:
         out["harness"] = harness_cpu()
         return out
 
+    def rss_bytes(self) -> dict[str, int]:
+        out = {f"orchestrator_{i}": process_tree_rss(p.pid) for i, p in enumerate(self.servers)}
+        if self.worker is not None:
+            out["worker"] = process_tree_rss(self.worker.pid)
+        return out
+
     async def counters(self) -> dict[str, float]:
         import httpx
 
@@ -168,16 +182,16 @@ async def measure(n: int, args: argparse.Namespace, mongo_base: str, rabbit_url:
                 for p in system.processes():
                     p.check_alive()
 
-            await load.warm_up(system, "one_activity", prefix=f"warm-{n}-{tag}", watch=watch, timeout=120)  # type: ignore[arg-type]
+            await load.warm_up(system, "one_activity", prefix=f"warm-{n}-{tag}", watch=watch, timeout=120)
             cpu0, infra0, counters0 = system.cpu_seconds(), _infra_cpu(infra), await system.counters()
             load_before = os.getloadavg()
-            m = await load.closed_loop(system, "one_activity", concurrency=args.concurrency,  # type: ignore[arg-type]
+            m = await load.closed_loop(system, "one_activity", concurrency=args.concurrency,
                                        duration=args.duration, op_timeout=60, prefix=f"run-{n}-{tag}")  # fmt: skip
             cpu1, infra1, counters1 = system.cpu_seconds(), _infra_cpu(infra), await system.counters()
             cpu = {k: cpu1[k] - cpu0.get(k, 0.0) for k in cpu1}
             cpu |= {k: infra1[k] - infra0[k] for k in infra1}
             counters = {k: v - counters0.get(k, 0.0) for k, v in counters1.items()}
-            out = load.summarize(system, m, cpu, load_before, counters)  # type: ignore[arg-type]
+            out = load.summarize(system, m, cpu, load_before, counters)
             out["shards_settled_s"] = round(settle, 2)
             busiest = max(cpu, key=lambda k: cpu[k])
             total = sum(cpu.values())

