@@ -15,11 +15,17 @@ URL: ``kafka://host:port[,host:port...]`` and options:
     Each queue is consumed by the consumer group ``{group}.{topic}``.
 ``max_deliveries`` (5), ``partitions`` (3), ``replication_factor`` (1)
     Topics are created with ``partitions`` and ``replication_factor`` when first used.
-``session_timeout_ms``, ``heartbeat_interval_ms``, ``max_poll_interval_ms``, ``request_timeout_ms``
+``session_timeout_ms``, ``heartbeat_interval_ms``, ``max_poll_interval_ms``,
+``request_timeout_ms``, ``fetch_max_wait_ms``
     Passed to the consumer; unset means aiokafka's defaults. Tests against a
-    single local broker use ``session_timeout_ms=6000&heartbeat_interval_ms=100``.
+    single local broker (Tansu) use ``session_timeout_ms=2000``,
+    ``heartbeat_interval_ms=100`` and ``fetch_max_wait_ms=100`` (why: ``docs/how-to/brokers.md``).
     A worker that does not call ``receive`` for ``max_poll_interval_ms`` leaves
     the group and its partitions go to other workers (its acks are then ignored).
+    ``fetch_max_wait_ms`` (aiokafka: 500) is how long the broker may hold a fetch
+    that found nothing; Kafka answers as soon as a record arrives, but a broker
+    that holds every empty fetch for the whole time (Tansu) delays each delivery
+    by up to that much.
 ``client_id`` (``sagas``)
 
 How the broker contract maps onto Kafka:
@@ -32,12 +38,16 @@ How the broker contract maps onto Kafka:
   ``x-message-id`` record header. No idempotent or transactional producer (not
   every Kafka-protocol broker has them; a duplicate is harmless: consumers are
   idempotent).
-* **receive / ack**: offsets are committed by hand, only after ack. Per
+* **receive / ack**: a queue's consumer is created at its first ``receive``
+  and joins its group in the background; ``receive`` keeps to its ``wait``
+  while the join (or a rebalance) runs and returns nothing until the group has
+  assigned it partitions. Offsets are committed by hand, only after ack. Per
   partition the consumer tracks the offsets it handed out and not yet settled;
   it commits the highest *contiguous* settled offset, so an unsettled message
   holds the commit point and is delivered again after a crash or a rebalance
   (to whichever consumer then owns the partition). A consumer that crashes is
-  noticed after ``session_timeout_ms``.
+  noticed after ``session_timeout_ms``; one that is closed leaves its group at
+  once (even in generation 0, which Tansu uses and aiokafka alone would not leave).
 * **visibility timeout**: none: an unacked message is delivered again only
   after its consumer is gone (crash, close, or missing ``max_poll_interval_ms``).
 * **nack(requeue=True) -- retry by re-publish**: a Kafka partition is a log,
@@ -69,7 +79,9 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.consumer.group_coordinator import GroupCoordinator
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.protocol.group import LeaveGroupRequest
 
 from brokers.base import Broker, BrokerError, DeadLetter, Delivery, parse_broker_url
 
@@ -85,7 +97,15 @@ _INTERNAL_HEADERS = frozenset({MESSAGE_ID_HEADER, DELIVERY_COUNT_HEADER})
 _TOPIC_ALREADY_EXISTS = 36
 _MAX_TOPIC_LENGTH = 249
 _INVALID_TOPIC_CHARS = re.compile(r"[^A-Za-z0-9._-]")
-_CONSUMER_OPTIONS = ("session_timeout_ms", "heartbeat_interval_ms", "max_poll_interval_ms", "request_timeout_ms")
+_JOIN_SLACK = 0.1
+"""Seconds a receive may overrun its ``wait`` while its consumer's group is (re)forming."""
+_CONSUMER_OPTIONS = (
+    "session_timeout_ms",
+    "heartbeat_interval_ms",
+    "max_poll_interval_ms",
+    "request_timeout_ms",
+    "fetch_max_wait_ms",
+)
 
 
 def topic_name(queue: str) -> str:
@@ -188,6 +208,33 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka i
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         return None
+
+
+def _leave_group_on_close(consumer: AIOKafkaConsumer) -> None:
+    """Make ``consumer.stop()`` leave its group whatever the generation.
+
+    aiokafka sends LeaveGroup on close only in a generation above 0: Kafka numbers a group's
+    generations from 1. Tansu numbers them from 0, and counts a member from the moment it hands
+    out its member id, before the join completes. Without a LeaveGroup a closed consumer stays a
+    member until its session times out: the next join (a restarted worker) makes it the leader or
+    gives it partitions, and their records wait for the session timeout and another rebalance.
+    LeaveGroup for a member the broker does not know is answered with an error and changes nothing.
+    """
+    coordinator = getattr(consumer, "_coordinator", None)
+    if not isinstance(coordinator, GroupCoordinator):
+        return
+    maybe_leave = coordinator._maybe_leave_group
+
+    async def leave() -> None:  # close() calls it once heartbeats and joins have stopped
+        if coordinator.generation <= 0 and coordinator.member_id and coordinator._group_instance_id is None:
+            try:
+                await coordinator._send_req(LeaveGroupRequest(coordinator.group_id, coordinator.member_id))
+            except KafkaError as exc:
+                group = coordinator.group_id
+                log.info("LeaveGroup for %s failed (%s); its session timeout removes the member", group, exc)
+        await maybe_leave()
+
+    coordinator._maybe_leave_group = leave
 
 
 class KafkaBroker(Broker):
@@ -367,21 +414,35 @@ class KafkaBroker(Broker):
                 auto_offset_reset="earliest",
                 **self.consumer_options,
             )
-            owner = _QueueConsumer(consumer)
-            consumer.subscribe([topic], listener=_Rebalance(owner))
             try:
+                # Started before it subscribes, so start() only connects: subscribed first, it
+                # would wait for the group join (seconds), holding this lock, i.e. every other
+                # queue's first receive, and overrunning the caller's ``wait``.
                 await consumer.start()
-            except KafkaError as exc:
+            except BaseException as exc:  # cancelled too: a started half must not stay a group member
                 await consumer.stop()
-                raise BrokerError(f"cannot consume topic {topic!r} on {self.display_url}: {exc}") from exc
+                if isinstance(exc, KafkaError):
+                    raise BrokerError(f"cannot consume topic {topic!r} on {self.display_url}: {exc}") from exc
+                raise
+            _leave_group_on_close(consumer)
+            owner = _QueueConsumer(consumer)
+            # The join runs in the background; receive() waits at most ``wait`` for it and its records.
+            consumer.subscribe([topic], listener=_Rebalance(owner))
             self._consumers[queue] = owner
             return owner
 
     async def receive(self, queue: str, max_messages: int = 1, wait: float = 0.0) -> list[Delivery]:
         self._client()
         owner = await self._consumer(queue)
+        wait = max(0.0, wait)
         try:
-            batches = await owner.consumer.getmany(timeout_ms=max(0, int(wait * 1000)), max_records=max_messages)
+            # getmany() keeps to its timeout only once the group has assigned the partitions: while
+            # a join or rebalance runs it waits for it (seconds), so bound it here. A getmany that
+            # already took records returns them even when the bound is reached (asyncio.wait_for).
+            fetch = owner.consumer.getmany(timeout_ms=int(wait * 1000), max_records=max_messages)
+            batches = await asyncio.wait_for(fetch, wait + _JOIN_SLACK)
+        except TimeoutError:
+            return []
         except KafkaError as exc:
             raise BrokerError(f"receive from {queue!r} on {self.display_url} failed: {exc}") from exc
         out: list[Delivery] = []

@@ -138,9 +138,11 @@ async def _rabbitmq(request: pytest.FixtureRequest, prefix: str) -> Harness:
 
 async def _kafka(request: pytest.FixtureRequest, prefix: str) -> Harness:
     server: KafkaServer = request.getfixturevalue("kafka_server")
+    # Tansu answers a JoinGroup once half the session timeout has passed, in whole seconds: 2000
+    # makes each join 1 s (3 s at 6000); it holds an empty fetch for all of fetch_max_wait_ms.
     url = (
         f"kafka://{server.bootstrap}?group=sagas&prefix={prefix}&max_deliveries={MAX_DELIVERIES}"
-        "&session_timeout_ms=6000&heartbeat_interval_ms=100"
+        "&session_timeout_ms=2000&heartbeat_interval_ms=100&fetch_max_wait_ms=100"
     )
     return Harness(KAFKA, lambda: open_broker(url), prefix)
 
@@ -182,9 +184,9 @@ async def _local(_: pytest.FixtureRequest, prefix: str) -> Harness:
 
 MEMORY = BrokerBackend("memory", _memory, in_process=True, visibility_timeout=0.3, quiet_period=0.8)
 RABBITMQ = BrokerBackend("rabbitmq", _rabbitmq, redelivers_on_close=True)
-# Kafka hands a dead member's partitions over after session_timeout_ms (6 s here) and a rebalance.
-# Tansu numbers a group's first generation 0, for which aiokafka sends no LeaveGroup on close,
-# so even a clean close there is noticed only like a crash.
+# Kafka hands a dead member's partitions over after session_timeout_ms (2 s here) and a rebalance;
+# a closed consumer leaves its group at once (KafkaBroker sends LeaveGroup even in Tansu's
+# generation 0), so its partitions move at the next join.
 KAFKA = BrokerBackend(
     "kafka", _kafka, redelivers_on_close=True, counts_crash_redeliveries=False, redelivery_timeout=45.0
 )
@@ -683,7 +685,10 @@ def test_kafka_topic_names_are_sanitised() -> None:
 async def test_kafka_failing_message_does_not_block_its_partition(kafka: KafkaServer) -> None:
     prefix = f"t{uuid.uuid4().hex[:10]}"
     queue = queue_name(prefix, "default", "q", "act")
-    url = f"kafka://{kafka.bootstrap}?prefix={prefix}&session_timeout_ms=6000&heartbeat_interval_ms=100"
+    url = (
+        f"kafka://{kafka.bootstrap}?prefix={prefix}&session_timeout_ms=2000&heartbeat_interval_ms=100"
+        "&fetch_max_wait_ms=100"
+    )
     broker = await open_broker(url)
     try:
         first = await broker.publish(queue, b'{"n":1}', {"key": "wf"})
@@ -697,6 +702,84 @@ async def test_kafka_failing_message_does_not_block_its_partition(kafka: KafkaSe
             await broker.ack(d)
     finally:
         await broker.aclose()
+
+
+def _kafka_url(kafka: KafkaServer, prefix: str, group: str = "sagas") -> str:
+    # Tansu answers a JoinGroup after half the session timeout (3 s here): long enough to tell a
+    # receive that waits for the join, or two joins one after the other, from one join.
+    return (
+        f"kafka://{kafka.bootstrap}?prefix={prefix}&group={group}"
+        "&session_timeout_ms=6000&heartbeat_interval_ms=100&fetch_max_wait_ms=100"
+    )
+
+
+def _key_per_partition(partitions: int) -> list[str]:
+    """One record key for each partition (the producer's default partitioner: murmur2 of the key)."""
+    from aiokafka.partitioner import murmur2
+
+    keys: dict[int, str] = {}
+    n = 0
+    while len(keys) < partitions:
+        key = f"wf-{n}"
+        keys.setdefault((murmur2(key.encode()) & 0x7FFFFFFF) % partitions, key)
+        n += 1
+    return [keys[p] for p in range(partitions)]
+
+
+async def test_kafka_receive_keeps_to_its_wait_while_the_consumer_joins_its_group(kafka: KafkaServer) -> None:
+    """A first receive returns after ``wait`` even though the group join takes longer, and one
+    queue's join does not hold up another's: a worker polls its workflow and activity queues at
+    once, so an activity task must not wait for the workflow queue's join (a 500 ms deadline did)."""
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    first, second = (queue_name(prefix, "default", "q", kind) for kind in ("wf", "act"))
+    broker = await open_broker(_kafka_url(kafka, prefix))
+    try:
+        await broker.publish(first, b'{"n":1}')
+        await broker.publish(second, b'{"n":2}')
+        started = time.monotonic()
+        early = [await broker.receive(q, max_messages=1, wait=0.2) for q in (first, second)]
+        assert time.monotonic() - started < 2.0  # each join alone takes 3 s here
+        pairs = list(zip((first, second), early, strict=True))
+        both = await asyncio.gather(*(receive_n(broker, q, 1 - len(got), timeout=20) for q, got in pairs))
+        assert time.monotonic() - started < 5.0  # the joins ran at the same time (one after the other: 6 s)
+        got = [e + b for e, b in zip(early, both, strict=True)]
+        assert [[d.body for d in g] for g in got] == [[b'{"n":1}'], [b'{"n":2}']]
+        for g in got:
+            await broker.ack(g[0])
+    finally:
+        await broker.aclose()
+
+
+async def test_kafka_closed_consumer_leaves_its_group_at_once(kafka: KafkaServer) -> None:
+    """A consumer that closes leaves its group, so the next one gets every partition at its join
+    instead of after the session timeout (a restarted worker answered its first query 10 s late).
+    Tansu numbers a group's first generation 0, for which aiokafka itself sends no LeaveGroup."""
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    queue = queue_name(prefix, "default", "q", "wf")
+    url = _kafka_url(kafka, prefix)
+    first = await open_broker(url)
+    try:
+        await first.publish(queue, b'{"n":0}')
+        [d] = await receive_n(first, queue, 1, timeout=20)
+        await first.ack(d)
+    finally:
+        await first.aclose()
+
+    second = await open_broker(url)
+    try:
+        keys = _key_per_partition(3)  # the topic's partitions (the broker's default)
+        for key in keys:
+            await second.publish(queue, key.encode(), {"key": key})
+        started = time.monotonic()
+        got = await receive_n(second, queue, len(keys), timeout=30)
+        assert sorted(d.body for d in got) == sorted(k.encode() for k in keys)
+        # One join (3 s); a member that stayed would keep some partitions until its session
+        # timeout (6 s) and a rebalance.
+        assert time.monotonic() - started < 5.5
+        for d in got:
+            await second.ack(d)
+    finally:
+        await second.aclose()
 
 
 async def test_kafka_unreachable_names_the_url() -> None:

@@ -42,7 +42,14 @@ def broker_url(request: pytest.FixtureRequest, kind: str) -> str:
     The servers' queues are ``sagas.*`` on every broker, so RabbitMQ's and SQS's dead-letter
     prefix, part of each queue's arguments, is the same for every test (``e2e``). So are Kafka's
     consumer groups: a test's services start after the offsets the previous test's services
-    committed, instead of re-reading its tasks from the start of the topic."""
+    committed, instead of re-reading its tasks from the start of the topic.
+
+    Kafka's ``session_timeout_ms=2000``: Tansu answers a JoinGroup only once half the group's
+    session timeout has passed, in steps of a second, so 2000 makes every join (each worker start)
+    take 1 s instead of 3 s at 6000, and 2 s is still 20 heartbeats (every 100 ms) before a live
+    consumer could be taken for dead. ``fetch_max_wait_ms=100``: Tansu holds a fetch that found
+    nothing for the whole of it, even when a record arrives meanwhile, so aiokafka's 500 ms added
+    0-500 ms to every delivery."""
     if kind == "local":
         return "local://"
     if kind == "rabbitmq":
@@ -51,7 +58,7 @@ def broker_url(request: pytest.FixtureRequest, kind: str) -> str:
         server = request.getfixturevalue("kafka_server")
         return (
             f"kafka://{server.bootstrap}?group=e2e&prefix=e2e"
-            "&session_timeout_ms=6000&heartbeat_interval_ms=100"
+            "&session_timeout_ms=2000&heartbeat_interval_ms=100&fetch_max_wait_ms=100"
         )
     server = request.getfixturevalue("sqs_server")
     return f"sqs://127.0.0.1:{server.port}?endpoint_url={server.endpoint_url}&region=us-east-1&prefix=e2e&visibility_timeout=30"
