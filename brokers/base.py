@@ -68,6 +68,10 @@ class Broker(abc.ABC):
     max_deliveries: int = 5
     visibility_timeout: float = 30.0
 
+    receive_cancellable: bool = False
+    """True when cancelling a pending :meth:`receive` leases nothing (what it had taken comes back
+    at once), so a stopping worker need not wait for its long polls to return."""
+
     async def __aenter__(self) -> Broker:
         await self.connect()
         return self

@@ -241,6 +241,7 @@ class KafkaBroker(Broker):
     """Task queues on Kafka (see the module docstring for the semantics)."""
 
     durable = True
+    receive_cancellable = True  # an uncommitted record is fetched again by the next member
 
     def __init__(
         self,

@@ -329,9 +329,10 @@ class Worker:
             self._activity_handler.begin_shutdown()
         for handler in self._session_handlers:
             handler.begin_shutdown()
-        # Let open long polls return (at most poll_wait) so nothing they were given stays leased.
+        # Let open long polls return (at most poll_wait) so nothing they were given stays leased,
+        # unless the broker can cut them short without leasing anything.
         pending = [t for t in polls if not t.done()]
-        if pending:
+        if pending and not (self._broker is not None and self._broker.receive_cancellable):
             await asyncio.wait(pending, timeout=self._poll_wait + 1.0)
         for poller in self._pollers:
             poller.abandon_poll()

@@ -4,9 +4,8 @@
 history store and broker named by ``store_kind``. Tests marked ``e2e`` run once
 per backend of :data:`E2E_BACKENDS`: ``[memory]`` (memory store, built-in
 broker), ``[mongodb]`` (MongoDB store, built-in broker) and ``[rabbitmq]``, ``[kafka]``, ``[sqs]``
-(memory store, that broker: the SDK worker then talks to the broker directly); under ``CI=true``
-Kafka runs :data:`KAFKA_CI_SUBSET` only (see there). The others run on the in-memory store and
-built-in broker only. ``mongodb`` is the MongoDB the contract suite uses (``SAGAS_TEST_MONGODB_URL``
+(memory store, that broker: the SDK worker then talks to the broker directly). The others run on
+the in-memory store and built-in broker only. ``mongodb`` is the MongoDB the contract suite uses (``SAGAS_TEST_MONGODB_URL``
 or the SecantusDB stand-in, see ``tests/contract/conftest.py``), one database per
 test; the brokers are the real servers of ``tests/services.py``. Each is skipped
 when it cannot start, except in CI (``CI=true``), where that fails.
@@ -14,7 +13,6 @@ when it cannot start, except in CI (``CI=true``), where that fails.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -29,56 +27,13 @@ from tests.services import (  # noqa: F401  (session fixtures, requested by name
 
 E2E_BACKENDS = ["memory", "mongodb", "rabbitmq", "kafka", "sqs"]
 BROKERS = ("rabbitmq", "kafka", "sqs")
-KAFKA_CI_SUBSET = {
-    "test_end_to_end": frozenset(
-        {
-            "test_one_activity_workflow",
-            "test_activity_is_retried_until_it_succeeds",
-            "test_signal_query_and_update",
-            "test_query_after_the_worker_restarted_replays_history",
-            "test_cancelling_a_workflow_cancels_its_heartbeating_activity",
-            "test_activity_deadline_is_enforced_on_the_worker",
-            "test_unreadable_task_is_dead_lettered_and_the_worker_goes_on",
-            "test_many_workflows_across_two_workers",
-            "test_worker_shutdown_is_prompt",
-            "test_client_connect_to_the_environment",
-        }
-    )
-}
-"""The ``[kafka]`` tests CI runs (``SAGAS_E2E_KAFKA=all`` runs every one; outside CI that is the default).
-
-Every worker start costs a consumer-group join, and Tansu answers a JoinGroup no sooner than a
-second (half the session timeout, in whole seconds): a test takes ~3 s on Kafka against ~2.4 s on
-RabbitMQ, and all of them would add ~70 s to a CI run that has none to spare. The subset keeps
-what depends on the broker: tasks and retries, queries and signals through the workflow queue, a
-restarted worker (leaving and joining the group), the activity deadline (both queues polled at
-once), dead letters, two workers sharing a group, shutdown; the rest (payload errors, unknown
-types, timers, async completion, the CLI) is the same code on every broker and runs on the other four."""
-
-
-def _kafka_runs_all() -> bool:
-    default = "subset" if os.environ.get("CI", "").lower() == "true" else "all"
-    return os.environ.get("SAGAS_E2E_KAFKA", default).lower() == "all"
-
-
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "e2e: runs a real orchestrator in-process (WorkflowEnvironment)")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "store_kind" in metafunc.fixturenames and metafunc.definition.get_closest_marker("e2e"):
-        module = metafunc.module.__name__.rsplit(".", 1)[-1]
-        subset = KAFKA_CI_SUBSET.get(module, frozenset())
-        if missing := sorted(n for n in subset if not hasattr(metafunc.module, n)):
-            raise pytest.UsageError(f"KAFKA_CI_SUBSET names tests {module} does not have: {missing}")
-        skip = pytest.mark.skip(reason="Kafka runs KAFKA_CI_SUBSET in CI; SAGAS_E2E_KAFKA=all runs this")
-        params = [
-            pytest.param(kind, marks=skip)
-            if kind == "kafka" and metafunc.function.__name__ not in subset and not _kafka_runs_all()
-            else kind
-            for kind in E2E_BACKENDS
-        ]
-        metafunc.parametrize("store_kind", params, indirect=True)
+        metafunc.parametrize("store_kind", E2E_BACKENDS, indirect=True)
 
 
 @pytest.fixture
