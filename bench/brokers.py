@@ -71,7 +71,7 @@ async def open_bench_broker(name: str, prefix: str) -> AsyncIterator[tuple[Broke
         if name == "rabbitmq":
             url = f"{server.url}?prefix={prefix}&prefetch=64"
         elif name == "kafka":
-            url = f"kafka://{server.bootstrap}?group={prefix}&prefix={prefix}&session_timeout_ms=6000&heartbeat_interval_ms=100"
+            url = f"kafka://{server.bootstrap}?group={prefix}&prefix={prefix}&session_timeout_ms=2000&heartbeat_interval_ms=100&fetch_max_wait_ms=100"
         else:
             url = f"sqs://127.0.0.1:{server.port}?endpoint_url={server.endpoint_url}&region=us-east-1&prefix={prefix}"
         pub, con = await open_broker(url), await open_broker(url)

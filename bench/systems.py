@@ -359,7 +359,7 @@ class BrokerServer:
         """The server's ``broker.url``: the broker's defaults, except Kafka's group timeouts for one local broker."""
         if self.kind == "rabbitmq":
             return str(self.server.url)
-        return f"kafka://{self.server.bootstrap}?session_timeout_ms=6000&heartbeat_interval_ms=100"
+        return f"kafka://{self.server.bootstrap}?session_timeout_ms=2000&heartbeat_interval_ms=100&fetch_max_wait_ms=100"
 
     @property
     def pid(self) -> int | None:

@@ -404,7 +404,7 @@ def test_malformed_and_newer_messages_are_counted_not_fatal() -> None:
 
 
 async def test_kafka_stream_rebuilds_fetch_history(kafka_server: Any) -> None:  # noqa: F811 - fixture
-    url = f"kafka://{kafka_server.bootstrap}?partitions=3&session_timeout_ms=6000&heartbeat_interval_ms=100"
+    url = f"kafka://{kafka_server.bootstrap}?partitions=3&session_timeout_ms=2000&heartbeat_interval_ms=100&fetch_max_wait_ms=100"
     async with await WorkflowEnvironment.start_local(history_stream_url=url) as env:
         workflow_id, expected = await drive(env.client, "tq-kafka")
         publisher = publisher_of(env)

@@ -149,7 +149,7 @@ def vis_dict(r: VisibilityRecord) -> dict[str, Any]:
 
 async def test_wipe_and_rebuild_500_workflows_from_kafka(kafka_server: Any, tmp_path: Path) -> None:  # noqa: F811
     prefix = f"rb{uuid.uuid4().hex[:8]}"
-    url = f"kafka://{kafka_server.bootstrap}?partitions=3&session_timeout_ms=6000&heartbeat_interval_ms=100"
+    url = f"kafka://{kafka_server.bootstrap}?partitions=3&session_timeout_ms=2000&heartbeat_interval_ms=100&fetch_max_wait_ms=100"
     topic = f"{prefix}.history"
     original_db, rebuilt_db = tmp_path / "original.db", tmp_path / "rebuilt.db"
     plan = [(KINDS[i % len(KINDS)], i) for i in range(COUNT)]
