@@ -158,6 +158,12 @@ class HistoryService:
         instead of writing with range_id 0: set when shards are shared by many processes."""
         self._cache: OrderedDict[Key, _Entry] = OrderedDict()
         self._cache_size = cache_size
+        self._current_runs: dict[tuple[str, str], str] = {}
+        """``(namespace, workflow_id) -> current run id`` of workflows on owned shards: set by this
+        process's commits (which alone move the pointer while it owns the shard) and by reads."""
+        self._current_drops = 0
+        """Entries of ``_current_runs`` dropped so far: a store read during which one was dropped
+        does not fill the map (its answer may be older than the dropped entry)."""
         self.transfer_sink: TaskSink | None = None
         self.timer_sink: TimerSink | None = None
         self.history_sink: HistorySink | None = None
@@ -190,11 +196,28 @@ class HistoryService:
         entry = self._cache.pop((namespace, workflow_id, run_id), None)
         if entry is not None:
             entry.state = None
+        if self._current_runs.get((namespace, workflow_id)) == run_id:
+            self._drop_current(namespace, workflow_id)
 
     def _drop_cached(self, shard: int) -> None:
         for key in [k for k in self._cache if self.shard_of(k[0], k[1]) == shard]:
             entry = self._cache.pop(key)
             entry.state = None
+        for ns, wid in [k for k in self._current_runs if self.shard_of(*k) == shard]:
+            self._drop_current(ns, wid)
+
+    # current runs ------------------------------------------------------------------------
+    def _set_current(self, namespace: str, workflow_id: str, run_id: str) -> None:
+        runs = self._current_runs
+        runs.pop((namespace, workflow_id), None)
+        runs[(namespace, workflow_id)] = run_id
+        if len(runs) > self._cache_size:
+            del runs[next(iter(runs))]  # the oldest
+            self._current_drops += 1
+
+    def _drop_current(self, namespace: str, workflow_id: str) -> None:
+        if self._current_runs.pop((namespace, workflow_id), None) is not None:
+            self._current_drops += 1
 
     def owns(self, namespace: str, workflow_id: str) -> bool:
         return not self.owned_shards_only or self.shard_of(namespace, workflow_id) in self.range_ids
@@ -241,11 +264,27 @@ class HistoryService:
             raise UnavailableError(f"history store error: {exc}") from exc
 
     async def resolve_run_id(self, namespace: str, workflow_id: str, run_id: str = "") -> str:
+        """``run_id``, or the workflow's current run: from memory when this process owns its shard."""
         if run_id:
             return run_id
+        owned = self.shard_of(namespace, workflow_id) in self.range_ids
+        if owned:
+            cached = self._current_runs.get((namespace, workflow_id))
+            if cached is not None:
+                return cached
+        drops = self._current_drops
         current = await self._store_call(self.store.get_current_run(namespace, workflow_id))
         if current is None:
             raise WorkflowNotFoundError(f"workflow {workflow_id!r} not found in namespace {namespace!r}")
+        # Not when a commit set the pointer meanwhile (it is newer than this read), nor when an
+        # entry was dropped meanwhile (perhaps the one a commit set), nor for a shard not owned.
+        if (
+            owned
+            and drops == self._current_drops
+            and (namespace, workflow_id) not in self._current_runs
+            and self.shard_of(namespace, workflow_id) in self.range_ids
+        ):
+            self._set_current(namespace, workflow_id, current.run_id)
         return str(current.run_id)
 
     async def get_state(self, namespace: str, workflow_id: str, run_id: str = "") -> ExecutionState:
@@ -338,6 +377,15 @@ class HistoryService:
             # Another process acquired the shard: nothing was written. Stop owning it here.
             self.drop_shard(shard)
             raise ShardNotOwnedError(shard) from exc
+        except BaseException:
+            for w in writes:  # the pointer may have moved (unknown outcome) or moved elsewhere (conflict)
+                if w.set_current:
+                    self._drop_current(w.state.namespace, w.state.workflow_id)
+            raise
+        if shard in self.range_ids:
+            for w in writes:
+                if w.set_current:
+                    self._set_current(w.state.namespace, w.state.workflow_id, w.state.run_id)
 
     @staticmethod
     def _write_of(m: Mutation) -> ExecutionWrite:

@@ -69,6 +69,20 @@ class RetryingHistoryStore(_DelegatingStore):
         self.retries = 0
 
     async def _around(self, method: str, call: Callable[[], Awaitable[T]]) -> T:
+        # The first try without tenacity: building its retry policy costs more than a store read,
+        # and almost every call succeeds at once. Only a failure enters tenacity.
+        try:
+            return await call()
+        except StoreUnavailableError as exc:
+            first: StoreUnavailableError | None = exc
+
+        async def attempt_call() -> T:
+            nonlocal first
+            if first is not None:  # tenacity's first attempt is the one that just failed
+                failure, first = first, None
+                raise failure
+            return await call()
+
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(StoreUnavailableError)
             & retry_if_not_exception_type(AmbiguousWriteError),
@@ -80,7 +94,7 @@ class RetryingHistoryStore(_DelegatingStore):
         )
         async for attempt in retrying:
             with attempt:
-                return await call()
+                return await attempt_call()
         raise AssertionError("unreachable: tenacity either returns or re-raises")
 
     def _note_retry(self, method: str, state: RetryCallState) -> None:

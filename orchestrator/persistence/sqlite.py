@@ -10,9 +10,19 @@ How it is built, and why:
   executions' writes share one fsync. :attr:`SqliteHistoryStore.commits`
   counts the commits. Each caller's future gets its own result or error, set
   on the caller's event loop with ``call_soon_threadsafe``.
-* **A separate read connection** on its own thread. In WAL mode readers never
-  block the writer and see only committed data; a write's future resolves
-  after its commit, so a caller always reads its own writes.
+* **Point reads on the caller's thread, scans on a reader thread.** In WAL
+  mode readers never block the writer and see only committed data; a write's
+  future resolves after its commit, so a caller always reads its own writes.
+  Reads bounded by an index seek (a run's state, the current-run pointer, the
+  next timers, a few history events, a namespace) run at once on the event
+  loop's thread with a connection of their own: a thread hand-off costs far
+  more than such a read (microseconds in WAL mode). That connection never
+  waits for a lock (``busy_timeout`` 0): when SQLite says busy, the read is
+  done again on the reader thread, which waits up to ``busy_timeout``.
+  Queries whose cost grows with the data (visibility lists and counts, long
+  histories past their first :data:`INLINE_ROWS` events, task
+  sweeps of more than that many rows) run on the reader
+  thread with a second read connection, so a slow scan never stalls the loop.
 * **Durability.** ``journal_mode=WAL`` with ``synchronous=FULL`` by default:
   a write acknowledged to the caller survives a power loss. ``NORMAL`` is
   faster and still never corrupts the file, but the last commits before a
@@ -85,6 +95,10 @@ T = TypeVar("T")
 
 SCHEMA_VERSION = 1
 """Version of the table layout below; a file of a newer version is refused."""
+
+INLINE_ROWS = 512
+"""Most rows a read on the event loop's thread returns: more history events are read on the reader
+thread, and a task query with a larger limit runs there whole."""
 
 _SCHEMA = f"""
 BEGIN IMMEDIATE;
@@ -238,6 +252,9 @@ class SqliteHistoryStore(HistoryStore):
         self._writer: threading.Thread | None = None
         self._reader: concurrent.futures.ThreadPoolExecutor | None = None
         self._read_conn: _Connection | None = None
+        self._inline_conn: _Connection | None = None
+        """Point reads, on the thread of the loop that opened the store (``_inline_thread``)."""
+        self._inline_thread: int | None = None
         self._closed = False
 
     # lifecycle --------------------------------------------------------------
@@ -261,6 +278,8 @@ class SqliteHistoryStore(HistoryStore):
             await ready
             self._reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sagas-sqlite-reader")
             self._read_conn = await loop.run_in_executor(self._reader, self._connect, file, True)
+            self._inline_conn = self._connect(file, True, busy_timeout=0.0)
+            self._inline_thread = threading.get_ident()
         except BaseException:
             await self.aclose()
             raise
@@ -273,6 +292,9 @@ class SqliteHistoryStore(HistoryStore):
         if self._writer is not None:
             self._queue.put(None)
             await asyncio.get_running_loop().run_in_executor(None, self._writer.join)
+        inline_conn, self._inline_conn = self._inline_conn, None
+        if inline_conn is not None:
+            inline_conn.close()
         if self._reader is not None:
             read_conn = self._read_conn
             if read_conn is not None:
@@ -281,11 +303,10 @@ class SqliteHistoryStore(HistoryStore):
         if self._tempdir is not None:
             shutil.rmtree(self._tempdir, ignore_errors=True)
 
-    def _connect(self, file: str, read_only: bool) -> _Connection:
+    def _connect(self, file: str, read_only: bool, busy_timeout: float | None = None) -> _Connection:
+        timeout = self.busy_timeout if busy_timeout is None else busy_timeout
         try:
-            conn = sqlite3.connect(
-                file, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
-            )
+            conn = sqlite3.connect(file, timeout=timeout, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
             raise _store_error(exc, f"cannot open {file}") from exc
         if read_only:
@@ -356,6 +377,7 @@ class SqliteHistoryStore(HistoryStore):
                     conn.execute("ROLLBACK")
                 except sqlite3.Error:
                     _log.exception("rollback failed on %s", self.path)
+            failed: list[tuple[_Job, Any, BaseException | None]] = []
             for job in jobs:
                 if committed_unknown:
                     error: StoreError = AmbiguousWriteError(
@@ -364,7 +386,8 @@ class SqliteHistoryStore(HistoryStore):
                     )
                 else:
                     error = _store_error(cause, "the change was not applied")
-                _settle(job.loop, job.future, error=error)
+                failed.append((job, None, error))
+            _settle_jobs(failed)
             return
         except BaseException as exc:  # a bug here must neither leave callers waiting nor stop the writer
             _log.exception("SQLite writer failed on %s", self.path)
@@ -377,8 +400,7 @@ class SqliteHistoryStore(HistoryStore):
                 _log.exception("rollback failed on %s", self.path)
             return
         self.commits += 1
-        for job, result, failure in outcomes:
-            _settle(job.loop, job.future, result=result, error=failure)
+        _settle_jobs(outcomes)
 
     @staticmethod
     def _run_job(conn: _Connection, job: _Job) -> tuple[_Job, Any, BaseException | None]:
@@ -409,8 +431,24 @@ class SqliteHistoryStore(HistoryStore):
         self._queue.put(_Job(run, loop, future))
         return cast(T, await future)
 
+    async def _point_read(self, run: Callable[[_Connection], T]) -> T:
+        """Run ``run`` now on this thread's read connection: no thread hand-off (see module docstring).
+
+        On another thread than the loop that opened the store, or when SQLite answers busy (the
+        inline connection never waits for a lock), the read goes to the reader thread instead.
+        """
+        conn = self._inline_conn
+        if conn is None or self._closed or threading.get_ident() != self._inline_thread:
+            return await self._read(run)
+        try:
+            return run(conn)
+        except sqlite3.Error as exc:
+            if _is_busy(exc):
+                return await self._read(run)
+            raise _store_error(exc, "read failed") from exc
+
     async def _read(self, run: Callable[[_Connection], T]) -> T:
-        """Run ``run`` on the read connection's thread."""
+        """Run ``run`` on the reader thread's connection (scans that may be slow)."""
         if self._reader is None or self._read_conn is None or self._closed:
             raise StoreError(
                 f"{self.url} is not open: call `await store.open()` first (and not after aclose)"
@@ -471,7 +509,7 @@ class SqliteHistoryStore(HistoryStore):
             ).fetchall()
             return [ShardInfo(int(r[0]), str(r[1]), int(r[2]), float(r[3])) for r in rows]
 
-        return await self._read(list_)
+        return await self._point_read(list_)
 
     # membership -------------------------------------------------------------
     async def heartbeat_member(self, member_id: str, address: str, ttl: float) -> None:
@@ -492,7 +530,7 @@ class SqliteHistoryStore(HistoryStore):
             ).fetchall()
             return [MemberRecord(str(r[0]), str(r[1]), float(r[2])) for r in rows]
 
-        return await self._read(list_)
+        return await self._point_read(list_)
 
     async def remove_member(self, member_id: str) -> None:
         def remove(conn: _Connection) -> None:
@@ -532,7 +570,7 @@ class SqliteHistoryStore(HistoryStore):
             ).fetchone()
             return None if row is None else _codec.decode_state(row[0])
 
-        return await self._read(get)
+        return await self._point_read(get)
 
     async def get_current_run(self, namespace: str, workflow_id: str) -> CurrentRun | None:
         def get(conn: _Connection) -> CurrentRun | None:
@@ -543,7 +581,7 @@ class SqliteHistoryStore(HistoryStore):
             ).fetchone()
             return None if row is None else CurrentRun(*row)
 
-        return await self._read(get)
+        return await self._point_read(get)
 
     async def read_events(
         self,
@@ -555,15 +593,26 @@ class SqliteHistoryStore(HistoryStore):
     ) -> list[HistoryEvent]:
         key = (namespace, workflow_id, run_id)
 
-        def read(conn: _Connection) -> list[HistoryEvent]:
-            rows = conn.execute(
-                "SELECT data FROM history_events WHERE namespace = ? AND workflow_id = ? AND run_id = ? "
-                "AND event_id >= ? ORDER BY event_id LIMIT ?",
-                (*key, first_event_id, -1 if max_events is None else max_events),
-            ).fetchall()
-            return [_codec.decode_event(row[0], key) for row in rows]
+        def reader(first: int, limit: int | None) -> Callable[[_Connection], list[HistoryEvent]]:
+            def read(conn: _Connection) -> list[HistoryEvent]:
+                rows = conn.execute(
+                    "SELECT data FROM history_events WHERE namespace = ? AND workflow_id = ? AND run_id = ? "
+                    "AND event_id >= ? ORDER BY event_id LIMIT ?",
+                    (*key, first, -1 if limit is None else limit),
+                ).fetchall()
+                return [_codec.decode_event(row[0], key) for row in rows]
 
-        return await self._read(read)
+            return read
+
+        # The first INLINE_ROWS events at once (usually all of them: a workflow task's new events,
+        # a page); the rest of a long history on the reader thread. Events are never rewritten, so
+        # the two parts fit together.
+        head_limit = INLINE_ROWS if max_events is None else min(max_events, INLINE_ROWS)
+        head = await self._point_read(reader(first_event_id, head_limit))
+        if len(head) < head_limit or head_limit == max_events:
+            return head
+        rest_limit = None if max_events is None else max_events - head_limit
+        return head + await self._read(reader(head[-1].event_id + 1, rest_limit))
 
     async def delete_execution(self, namespace: str, workflow_id: str, run_id: str) -> None:
         key = (namespace, workflow_id, run_id)
@@ -583,7 +632,7 @@ class SqliteHistoryStore(HistoryStore):
             ).fetchall()
             return [_codec.decode_transfer_task(row[0]) for row in rows]
 
-        return await self._read(get)
+        return await (self._point_read(get) if limit <= INLINE_ROWS else self._read(get))
 
     async def delete_transfer_tasks(self, shard_id: int, task_ids: list[str]) -> None:
         await self._delete_tasks("transfer_tasks", shard_id, task_ids)
@@ -597,7 +646,7 @@ class SqliteHistoryStore(HistoryStore):
             ).fetchall()
             return [_codec.decode_timer_task(row[0]) for row in rows]
 
-        return await self._read(get)
+        return await (self._point_read(get) if limit <= INLINE_ROWS else self._read(get))
 
     async def next_timer_time(self, shard_id: int) -> float | None:
         def get(conn: _Connection) -> float | None:
@@ -606,7 +655,7 @@ class SqliteHistoryStore(HistoryStore):
             ).fetchone()
             return None if row[0] is None else float(row[0])
 
-        return await self._read(get)
+        return await self._point_read(get)
 
     async def delete_timer_tasks(self, shard_id: int, task_ids: list[str]) -> None:
         await self._delete_tasks("timer_tasks", shard_id, task_ids)
@@ -671,7 +720,7 @@ class SqliteHistoryStore(HistoryStore):
             row = conn.execute("SELECT data FROM namespaces WHERE name = ?", (name,)).fetchone()
             return None if row is None else _codec.decode_namespace(row[0])
 
-        return await self._read(get)
+        return await self._point_read(get)
 
     async def list_namespaces(self) -> list[NamespaceRecord]:
         def list_(conn: _Connection) -> list[NamespaceRecord]:
@@ -780,6 +829,33 @@ def _settle(
         loop.call_soon_threadsafe(settle)
     except RuntimeError:  # the caller's loop is closed: nobody is waiting any more
         pass
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def _settle_jobs(outcomes: list[tuple[_Job, Any, BaseException | None]]) -> None:
+    """Resolve the futures of a group: one hand-off to each caller's loop, not one per job."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job, Any, BaseException | None]]] = {}
+    for outcome in outcomes:
+        by_loop.setdefault(outcome[0].loop, []).append(outcome)
+
+    def settle(items: list[tuple[_Job, Any, BaseException | None]]) -> None:
+        for job, result, error in items:
+            if job.future.done():  # cancelled by its caller meanwhile
+                continue
+            if error is not None:
+                job.future.set_exception(error)
+            else:
+                job.future.set_result(result)
+
+    for loop, items in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(settle, items)
+        except RuntimeError:  # the caller's loop is closed: nobody is waiting any more
+            pass
 
 
 def _store_error(exc: sqlite3.Error, what: str) -> StoreError:

@@ -1,11 +1,21 @@
 """The timer queue processor: fires durable timers when they are due.
 
 Timer tasks live in the store (written with the events that made them). The
-processor sleeps until the earliest fire time of its shards -- woken early
-when a commit adds an earlier timer -- loads the due window, fires each
-through the engine and deletes the rows. A timer fired twice (a crash between
-firing and deleting) is harmless: the engine sees it is stale. After a restart
-the processor simply starts from the store again, so nothing is lost.
+processor sleeps until the earliest fire time of its shards, loads the due
+window, fires each through the engine and deletes the rows. A timer fired
+twice (a crash between firing and deleting) is harmless: the engine sees it
+is stale. After a restart the processor simply starts from the store again,
+so nothing is lost.
+
+It keeps, per owned shard, a time no later than the shard's earliest timer
+row: read from the store after firing the shard's due rows, and lowered by
+every commit's new timers (``submit_timers``). Only a shard whose time has
+come is read again, and only a timer due before the current sleep ends wakes
+the processor early: the many timeout timers that commits write far ahead
+cost neither a wake-up nor a store read. A shard acquired at a new
+``range_id`` (or after ``wake()``) is read from the store, and every
+``max_sleep`` seconds every shard is (rows this process was not told about:
+a commit whose outcome was unknown).
 
 Time skipping (tests): when ``idle()`` says no task is in flight anywhere, the
 clock jumps to the next fire time instead of sleeping.
@@ -19,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -38,6 +49,9 @@ log = logging.getLogger("sagas.timers")
 class TimerQueueProcessor:
     """Fires the due timer tasks of the shards this process owns."""
 
+    RETRY_PAUSE = 0.2
+    """Seconds before the timers that failed to fire are tried again."""
+
     def __init__(
         self,
         history: HistoryService,
@@ -51,10 +65,17 @@ class TimerQueueProcessor:
         self.batch_size = batch_size
         self.max_sleep = max_sleep
         self._idle = idle
-        self._wake = asyncio.Event()
         self._sem = asyncio.Semaphore(concurrency)
         self._task: asyncio.Task[None] | None = None
-        self._next_hint: float | None = None
+        self._shard_next: dict[int, tuple[int, float]] = {}
+        """shard -> (its range_id, a time no later than its earliest timer row); missing: read the store."""
+        self._sleeper: asyncio.Future[None] | None = None
+        self._wake_at = -math.inf
+        """While sleeping, when the sleep ends: an earlier timer wakes the processor."""
+        self._full_scan_at = 0.0
+        """Loop time of the next read of every shard."""
+        self._rescan = False
+        """Read every shard before sleeping again (``wake()``, or after an error)."""
         self.fired = 0
         self.archival: ArchivalService | None = None
         """Archives closed runs before retention deletes them (None: no archival)."""
@@ -64,15 +85,25 @@ class TimerQueueProcessor:
         return self._idle is not None
 
     def submit_timers(self, tasks: list[TimerTask]) -> None:
-        earliest = min(t.fire_time for t in tasks)
-        if self._next_hint is None or earliest < self._next_hint:
-            self._next_hint = earliest
-            self._wake.set()
+        """Committed timer rows (called after each commit): earlier ones lower their shard's time."""
+        wake = False
+        for task in tasks:
+            known = self._shard_next.get(task.shard_id)
+            if known is not None and task.fire_time < known[1]:
+                self._shard_next[task.shard_id] = (known[0], task.fire_time)
+            wake = wake or task.fire_time < self._wake_at
+        if wake:
+            self._wake_up()
 
     def wake(self) -> None:
         """Look at the store again now (e.g. shards were just acquired: their timer rows are due)."""
-        self._next_hint = None
-        self._wake.set()
+        self._rescan = True
+        self._wake_up()
+
+    def _wake_up(self) -> None:
+        sleeper = self._sleeper
+        if sleeper is not None and not sleeper.done():
+            sleeper.set_result(None)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="timer-queue")
@@ -87,38 +118,51 @@ class TimerQueueProcessor:
         while True:
             try:
                 await self._fire_due()
-                await self._sleep_until_next()  # reads the store too: same back-off when it fails
+                await self._sleep_until_next()
                 failures = 0
             except Exception:  # noqa: BLE001 - store trouble: back off and try again, never die
                 failures += 1
                 log.exception("timer processing failed")
+                self._rescan = True
                 await asyncio.sleep(min(0.1 * 2**failures, 5.0))
+            await asyncio.sleep(0)  # store reads may not yield: let others run between rounds
 
-    async def _next_fire_time(self) -> float | None:
-        # A copy: the membership controller adds and drops shards while this awaits.
-        times = [await self.history.store.next_timer_time(shard) for shard in list(self.history.range_ids)]
-        known = [t for t in times if t is not None]
-        return min(known) if known else None
+    def _next_fire_time(self) -> float | None:
+        """The earliest known timer of the owned shards (inf: none); None when a shard must be read."""
+        earliest = math.inf
+        for shard, range_id in self.history.range_ids.items():
+            known = self._shard_next.get(shard)
+            if known is None or known[0] != range_id:
+                return None
+            earliest = min(earliest, known[1])
+        return earliest
 
     async def _sleep_until_next(self) -> None:
-        self._wake.clear()
-        self._next_hint = None
-        next_time = await self._next_fire_time()
+        next_time = self._next_fire_time()
         now = self.history.clock.now()
-        if next_time is not None and next_time <= now:
+        if next_time is None or next_time <= now or self._rescan:
             return
-        if self.time_skipping and next_time is not None and await self._settled_idle():
+        if self.time_skipping and next_time < math.inf and await self._settled_idle():
+            next_time = self._next_fire_time()  # commits may have come meanwhile
             clock = self.history.clock
-            if isinstance(clock, SystemClock):
-                clock.offset += next_time - clock.now()
+            if next_time is not None and not self._rescan and isinstance(clock, SystemClock):
+                clock.offset += max(0.0, next_time - clock.now())
             return
-        delay = self.max_sleep if next_time is None else min(self.max_sleep, next_time - now)
+        loop = asyncio.get_running_loop()
+        delay = min(self.max_sleep, next_time - now, max(0.0, self._full_scan_at - loop.time()))
         if self.time_skipping:
             delay = min(delay, 0.05)
+        # A bare future, not wait_for(): Python 3.11's wait_for loses a cancellation that comes
+        # just as the awaited thing completes, and stop() would then wait forever.
+        self._sleeper = sleeper = loop.create_future()
+        self._wake_at = now + delay
+        timeout = loop.call_later(delay, _resolve, sleeper)
         try:
-            await asyncio.wait_for(self._wake.wait(), delay)
-        except TimeoutError:
-            pass
+            await sleeper
+        finally:
+            timeout.cancel()
+            self._sleeper = None
+            self._wake_at = -math.inf
 
     async def _settled_idle(self) -> bool:
         assert self._idle is not None
@@ -129,18 +173,39 @@ class TimerQueueProcessor:
         return self._idle()
 
     async def _fire_due(self) -> None:
-        for shard in list(self.history.range_ids):
-            while True:
-                now = self.history.clock.now()
-                due = await self.history.store.get_timer_tasks(shard, now, self.batch_size)
-                if not due:
-                    break
-                results = await asyncio.gather(*(self._fire_one(t, now) for t in due))
-                done = [t.task_id for t, ok in zip(due, results, strict=True) if ok]
-                if done:
-                    await self.history.store.delete_timer_tasks(shard, done)
-                if len(done) < len(due):
-                    break  # some failed: retry them after a pause
+        loop = asyncio.get_running_loop()
+        if self._rescan or loop.time() >= self._full_scan_at:
+            self._rescan = False
+            self._shard_next.clear()
+            self._full_scan_at = loop.time() + self.max_sleep
+        # A copy: the membership controller adds and drops shards while this awaits.
+        for shard, range_id in list(self.history.range_ids.items()):
+            known = self._shard_next.get(shard)
+            if known is None or known[0] != range_id or known[1] <= self.history.clock.now():
+                await self._fire_shard(shard, range_id)
+
+    async def _fire_shard(self, shard: int, range_id: int) -> None:
+        """Fire the due timers of ``shard``, then learn when its next one is due."""
+        self._shard_next[shard] = (range_id, math.inf)  # from now on, commits lower it
+        retry_at = -math.inf
+        while True:
+            now = self.history.clock.now()
+            due = await self.history.store.get_timer_tasks(shard, now, self.batch_size)
+            if not due:
+                break
+            results = await asyncio.gather(*(self._fire_one(t, now) for t in due))
+            done = [t.task_id for t, ok in zip(due, results, strict=True) if ok]
+            if done:
+                await self.history.store.delete_timer_tasks(shard, done)
+            if len(done) < len(due):
+                retry_at = now + self.RETRY_PAUSE  # some failed: retry them after a pause
+                break
+        stored = await self.history.store.next_timer_time(shard)
+        next_time = math.inf if stored is None else stored
+        known = self._shard_next.get(shard)
+        if known is not None and known[0] == range_id:
+            next_time = min(next_time, known[1])
+        self._shard_next[shard] = (range_id, max(next_time, retry_at))
 
     async def _fire_one(self, timer: TimerTask, now: float) -> bool:
         async with self._sem:
@@ -207,3 +272,8 @@ class TimerQueueProcessor:
                 return
         await self.history.store.delete_execution(ns, wid, rid)
         self.history.forget(ns, wid, rid)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

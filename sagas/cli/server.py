@@ -3,6 +3,7 @@
     sagas server start-dev                        # SQLite in a temp file, built-in broker, port 7233
     sagas server start-dev --db-filename sagas.db # keep history across restarts
     sagas server start --config config/production.yaml   # services, store, broker, cluster from a file
+    sagas server start-dev --loop asyncio         # the standard event loop (default: uvloop when installed)
     sagas server start-dev --tls-cert server.pem --tls-key server-key.pem [--tls-client-ca ca.pem] \
         --auth-config auth.yaml                   # HTTPS (mutual TLS), JWT / API key authorization
 
@@ -18,6 +19,7 @@ import contextlib
 import logging
 import signal
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -112,6 +114,7 @@ def start_dev(
     tls_client_ca: str = typer.Option(None, "--tls-client-ca", help="Require client certificates signed by this CA (mutual TLS)."),
     auth_config: str = typer.Option(None, "--auth-config", help="YAML file of API keys / JWT keys: require authorization."),
     dynamic_config: str = typer.Option(None, "--dynamic-config", help="YAML file of runtime-tunable settings, watched (docs/dynamic-config.md)."),
+    loop: str = typer.Option("auto", "--loop", help="Event loop: auto (uvloop when installed), uvloop or asyncio."),
 ) -> None:
     """Run every service in one process on the embedded default (SQLite + built-in broker)."""
     if log_format not in ("text", "json"):
@@ -120,8 +123,20 @@ def start_dev(
     security = security_options(tls_cert, tls_key, tls_client_ca, auth_config)
     if dynamic_config:
         security["dynamic_config_path"] = str(Path(dynamic_config).resolve())
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve_dev(db_filename, ip, port, log_level, ready_file, security))
+    factory = _loop_factory(loop)
+    with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(serve_dev(db_filename, ip, port, log_level, ready_file, security))
+
+
+def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """``--loop``: the event loop to run the server on (``orchestrator.server.event_loop_factory``)."""
+    from orchestrator.errors import ConfigurationError
+    from orchestrator.server import event_loop_factory
+
+    try:
+        return event_loop_factory(name)
+    except ConfigurationError as exc:
+        raise typer.BadParameter(exc.message + (f" ({exc.hint})" if exc.hint else ""), param_hint="--loop") from exc
 
 
 def dev_server_options(cfg: ServerConfig) -> dict[str, Any]:
@@ -196,6 +211,7 @@ async def serve_config(cfg: ServerConfig, source: str, ready_file: str | None) -
 def start(
     config: str = typer.Option(..., "--config", "-c", help="YAML server config (see config/*.yaml)."),
     ready_file: str = typer.Option(None, "--ready-file", help="Write host:port to this file once serving (for scripts)."),
+    loop: str = typer.Option("auto", "--loop", help="Event loop: auto (uvloop when installed), uvloop or asyncio."),
 ) -> None:
     """Run the services a config file names (production: many processes share the history shards)."""
     from orchestrator.config import load_config
@@ -207,8 +223,9 @@ def start(
         console.print(f"[red]error:[/] {exc.message}")
         raise typer.Exit(2) from exc
     logging.basicConfig(level=cfg.log.level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve_config(cfg, config, ready_file))
+    factory = _loop_factory(loop)
+    with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(serve_config(cfg, config, ready_file))
 
 
 if __name__ == "__main__":
