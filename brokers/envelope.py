@@ -121,6 +121,9 @@ class ActivityResult(_Msg):
     failure: Failure | None = None
     canceled: bool = False
     identity: str = ""
+    started_at: float | None = None
+    """When the attempt began on the worker (Unix seconds), sent when no ``activity_started``
+    was: the server's activity latency metrics split schedule-to-start from start-to-close by it."""
 
 
 class ActivityHeartbeat(_Msg):

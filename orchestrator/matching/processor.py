@@ -44,11 +44,22 @@ from orchestrator.errors import (
 )
 from orchestrator.history.engine import StartRequest, activity_deadline
 from orchestrator.history.service import HistoryService
+from orchestrator.history.state import ExecutionState
 from orchestrator.logging import reset_log_context, set_log_context
 from orchestrator.matching.cross_shard import CrossShardClient, HistoryOp, apply, child_closed_op, start_op
 from orchestrator.metrics import METRICS
 
 log = logging.getLogger("sagas.matching")
+
+
+def _note_worker_start(state: ExecutionState, scheduled_event_id: int, attempt: int, started_at: float | None,
+                       now: float) -> ExecutionState:
+    """Take the worker's start time of an attempt it sent no start report for (a quick one) into the
+    cached state, so the latency metrics split schedule-to-start from start-to-close; cache only."""
+    info = state.activities.get(scheduled_event_id)
+    if started_at is not None and info is not None and info.attempt == attempt and info.started_time is None:
+        info.started_time = min(max(started_at, info.dispatch_time or started_at), now)
+    return state
 
 
 class TransferQueueProcessor:
@@ -499,12 +510,18 @@ class CompletionHandler:
                     return bool(m.result)
                 case env.ActivityResult() if reply.canceled:
                     details = [reply.result] if reply.result is not None else []
-                    await self.history.update(ns, wid, rid, lambda s, now: engine.activity_canceled(s, sid, attempt, details, now=now, identity=reply.identity))
+                    await self.history.update(ns, wid, rid, lambda s, now: engine.activity_canceled(
+                        _note_worker_start(s, sid, attempt, reply.started_at, now), sid, attempt, details, now=now,
+                        identity=reply.identity))  # fmt: skip
                 case env.ActivityResult() if reply.failure is not None:
                     failure = reply.failure
-                    await self.history.update(ns, wid, rid, lambda s, now: engine.activity_failed(s, sid, attempt, failure, now=now, identity=reply.identity))
+                    await self.history.update(ns, wid, rid, lambda s, now: engine.activity_failed(
+                        _note_worker_start(s, sid, attempt, reply.started_at, now), sid, attempt, failure, now=now,
+                        identity=reply.identity))  # fmt: skip
                 case env.ActivityResult():
-                    await self.history.update(ns, wid, rid, lambda s, now: engine.activity_completed(s, sid, attempt, reply.result, now=now, identity=reply.identity))
+                    await self.history.update(ns, wid, rid, lambda s, now: engine.activity_completed(
+                        _note_worker_start(s, sid, attempt, reply.started_at, now), sid, attempt, reply.result, now=now,
+                        identity=reply.identity))  # fmt: skip
         except StaleTaskError:
             METRICS.completions_rejected.labels(reason="stale").inc()
             raise

@@ -24,6 +24,7 @@ import concurrent.futures
 import contextvars
 import functools
 import logging
+import time
 from collections.abc import Callable, Coroutine, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -163,6 +164,8 @@ class _RunningActivity:
         self.delivery = delivery
         self.ctx: ActivityContext | None = None
         self.task: asyncio.Future[Any] | None = None
+        self.started_at: float | None = None
+        """When the attempt began, if no start report was sent (it then travels with the outcome)."""
 
     def cancel(self, details: CancellationDetails) -> None:
         if self.ctx is None:
@@ -265,7 +268,8 @@ class ActivityTaskHandler:
             outcome = await self._run_to_outcome(running, remaining)
         finally:
             await heartbeater.close()
-            await started.finish()
+            if not await started.finish():
+                running.started_at = started.began
         if outcome is None:
             return ACK  # deadline passed: the server's durable timer times the attempt out
         result, error = outcome
@@ -334,9 +338,13 @@ class ActivityTaskHandler:
                 return await self._report(
                     msg, ActivityResult(task_token=msg.task_token, failure=error_to_failure(exc)), running.delivery
                 )
-            return await self._report(msg, ActivityResult(task_token=msg.task_token, result=payload), running.delivery)
+            return await self._report(
+                msg, ActivityResult(task_token=msg.task_token, result=payload, started_at=running.started_at), running.delivery
+            )
         if reason is not None and reason.cancel_requested and isinstance(error, (asyncio.CancelledError, CancelledError)):
-            return await self._report(msg, ActivityResult(task_token=msg.task_token, canceled=True), running.delivery)
+            return await self._report(
+                msg, ActivityResult(task_token=msg.task_token, canceled=True, started_at=running.started_at), running.delivery
+            )
         _log.warning(
             "activity %s (%s) of workflow %s failed on attempt %d: %s",
             msg.activity_id,
@@ -347,7 +355,9 @@ class ActivityTaskHandler:
             exc_info=error if not isinstance(error, asyncio.CancelledError) else None,
         )
         return await self._report(
-            msg, ActivityResult(task_token=msg.task_token, failure=error_to_failure(error)), running.delivery
+            msg,
+            ActivityResult(task_token=msg.task_token, failure=error_to_failure(error), started_at=running.started_at),
+            running.delivery,
         )
 
     async def _report(self, msg: ActivityTask, reply: ActivityResult, delivery: Delivery) -> Settle:
@@ -384,6 +394,7 @@ class _StartedReport:
 
     def __init__(self, handler: ActivityTaskHandler, reply: ActivityStarted) -> None:
         self._sending = False
+        self.began = time.time()
         self._task = handler._in_background(self._post_later(handler._client, reply))
 
     async def _post_later(self, client: Client, reply: ActivityStarted) -> None:
@@ -391,11 +402,13 @@ class _StartedReport:
         self._sending = True
         await client._complete_task(reply)
 
-    async def finish(self) -> None:
-        """The attempt ended: drop the report if it is not on its way yet, else wait for it (so it precedes the outcome)."""
+    async def finish(self) -> bool:
+        """The attempt ended: drop the report if it is not on its way yet, else wait for it (so it
+        precedes the outcome). True when it was sent."""
         if not self._sending:
             self._task.cancel()
         await _quietly(self._task)
+        return self._sending
 
 
 def _log_started_failure(task: asyncio.Task[Any]) -> None:
